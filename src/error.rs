@@ -1,0 +1,265 @@
+//! The error type family. Every fallible public function in the crate returns one of these.
+//!
+//! [`Error`] is the umbrella; each area has its own enum ([`PolicyError`], [`CheckpointError`],
+//! [`AuditError`]) so callers can match on what they handle and `?` the rest into [`Error`].
+//! Every error names the place it went wrong: the file, the JSON path, the tenant, the endpoint,
+//! the session or the audit record.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::id::{SessionId, TaskKind, TenantId};
+
+/// Any error this crate returns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A policy or catalog could not be loaded, validated or resolved.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A checkpoint could not be loaded or saved.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The audit log could not be written or does not verify.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Errors loading, validating and resolving policies and catalogs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The policy set has one or more errors; every problem found is listed, each naming its file
+    /// and JSON path (or line and column for syntax errors).
+    #[error("{0}")]
+    Invalid(ValidationReport),
+    /// A policy or catalog file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No tenant layer with this id exists in the active policy set.
+    #[error("unknown tenant `{tenant}`")]
+    UnknownTenant {
+        /// The tenant asked for.
+        tenant: TenantId,
+    },
+    /// The tenant has no view for this task kind (its policy leaves it nothing usable).
+    #[error("tenant `{tenant}` has no usable ladder for task `{task}`")]
+    NoView {
+        /// The tenant.
+        tenant: TenantId,
+        /// The task kind.
+        task: TaskKind,
+    },
+}
+
+/// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// Compare-and-swap failed: the stored version is not the one the caller expected.
+    #[error(
+        "checkpoint conflict for session `{session}`: expected version {expected:?}, found {actual:?}"
+    )]
+    Conflict {
+        /// The session.
+        session: SessionId,
+        /// The version the caller expected (`None`: expected no checkpoint).
+        expected: Option<u64>,
+        /// The version actually stored (`None`: there is none).
+        actual: Option<u64>,
+    },
+    /// A stored checkpoint is corrupt or torn; it was not read.
+    #[error("corrupt checkpoint {path}: {reason}")]
+    Corrupt {
+        /// The file (or key) holding it.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error in a durable store.
+    #[error("checkpoint I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Errors from the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The chain does not verify at this record.
+    #[error("audit log does not verify at record {seq}: {reason}")]
+    Tampered {
+        /// Sequence number (or line index) of the first bad record.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error in a durable sink.
+    #[error("audit I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How serious a [`Problem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Legal but suspicious; the policy set still loads.
+    Warning,
+    /// The policy set is rejected.
+    Error,
+}
+
+/// What kind of mistake a [`Problem`] reports. Stable names, for tests and tooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProblemCode {
+    /// The file is not valid JSON.
+    Syntax,
+    /// A value has the wrong type or shape.
+    Schema,
+    /// A field the format does not define (it would otherwise be silently ignored).
+    UnknownField,
+    /// The file's `kind` is missing or not `policy` / `catalog`.
+    UnknownKind,
+    /// Two files define the same endpoint or layer id.
+    DuplicateId,
+    /// A reference to an endpoint the catalog does not have.
+    UnknownEndpoint,
+    /// A reference to a tier the ladder does not have (by name or index).
+    UnknownTier,
+    /// A task kind the platform does not declare.
+    UnknownTaskKind,
+    /// `extends` names a layer that does not exist, or a layer of the wrong level.
+    UnknownParent,
+    /// `extends` loops back on itself.
+    ExtendsCycle,
+    /// No tier ladder is defined for a tenant.
+    NoTiers,
+    /// A tier with no endpoints.
+    EmptyTier,
+    /// The same endpoint appears twice in the ladder: the fallback order loops back on itself.
+    FallbackLoop,
+    /// A floor (tenant or task) that is outside the ladder.
+    FloorOutOfRange,
+    /// A lower layer tries to permit what a layer above forbids.
+    Widening,
+    /// Residency, allowlists or task restrictions leave a tenant view with nothing usable.
+    NoUsableEndpoint,
+    /// A number, duration or budget that is zero, negative, out of range or not finite.
+    InvalidValue,
+    /// A minimum number of calls larger than its count window: the rate could never be computed.
+    MinCallsExceedsWindow,
+    /// A non-capacity error class (context length, content filter, auth, bad request) listed as a
+    /// fallback trigger.
+    NonCapacityTrigger,
+    /// A platform-wide setting set in a template or tenant layer.
+    PlatformOnly,
+    /// The policy permits a degradation the tenant's consent record does not cover.
+    ConsentViolation,
+    /// The policy suspends, but the ladder has no suspension step.
+    MissingSuspension,
+    /// More than one platform layer, or none.
+    PlatformLayer,
+    /// Warning: a fallback tier has a smaller context window than the tier above and the policy
+    /// has no context-fitting rule for it.
+    SmallerContextWindow,
+    /// Warning: a tier shares a failure domain (account, key, host) with the tier above it, so
+    /// one quota or outage takes both.
+    SharedFailureDomain,
+    /// Warning: residency or allowlists remove every endpoint of a tier the tenant may use.
+    TierEmptiedForTenant,
+    /// Warning: retry settings that multiply load on a failing provider.
+    RetryStorm,
+    /// Warning: an endpoint whose region is global or unspecified while residency is restricted.
+    GlobalRegion,
+}
+
+/// One thing wrong (or suspicious) in a policy set, with where it is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// What kind of problem.
+    pub code: ProblemCode,
+    /// The file (as given to the loader) or source name.
+    pub file: String,
+    /// JSON path inside the file, e.g. `$.constraints.floor` (`$` for the whole file).
+    pub path: String,
+    /// Line and column (1-based) for syntax errors and where known.
+    pub line_col: Option<(usize, usize)>,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.line_col) {
+            (ProblemCode::Syntax, Some((l, c))) => write!(f, "{}:{l}:{c}: ", self.file)?,
+            _ => write!(f, "{}:{}: ", self.file, self.path)?,
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found while validating a policy set, errors and warnings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ValidationReport {
+    /// Every problem, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl ValidationReport {
+    /// Whether any problem is an error.
+    #[must_use]
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// The errors only.
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+    }
+
+    /// The warnings only.
+    pub fn warnings(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Warning)
+    }
+}
+
+impl fmt::Display for ValidationReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors().count();
+        write!(f, "policy set is invalid ({n} error(s))")?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! Per-tenant graceful degradation for AI agents.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
+
+pub mod catalog;
+pub mod clock;
+pub mod digest;
+pub mod error;
+pub mod id;
+pub mod policy;
+pub mod trigger;
+
+pub use catalog::{Capabilities, Catalog, Endpoint, EndpointIdx, Pricing};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use digest::ContentDigest;
+pub use error::{
+    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity,
+    ValidationReport,
+};
+pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
+pub use trigger::OutcomeClass;
