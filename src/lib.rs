@@ -19,4 +19,4 @@ pub use error::{
     ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
-pub use trigger::OutcomeClass;
+pub use trigger::{Classification, OutcomeClass, RateLimitState};

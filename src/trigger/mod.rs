@@ -6,3 +6,7 @@
 mod outcome;
 
 pub use outcome::OutcomeClass;
+
+mod classify;
+
+pub use classify::{Classification, RateLimitState};
