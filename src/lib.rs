@@ -19,4 +19,6 @@ pub use error::{
     ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
-pub use trigger::{Classification, OutcomeClass, RateLimitState};
+pub use trigger::{
+    Classification, OutcomeClass, RateLimitState, Trigger, TriggerKind, TriggerRecord,
+};

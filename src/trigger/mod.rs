@@ -8,5 +8,7 @@ mod outcome;
 pub use outcome::OutcomeClass;
 
 mod classify;
+mod reason;
 
 pub use classify::{Classification, RateLimitState};
+pub use reason::{Trigger, TriggerKind, TriggerRecord};
