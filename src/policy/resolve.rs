@@ -506,43 +506,54 @@ pub(crate) fn compute_view(
     Some(view)
 }
 
-/// Checks that `child` permits nothing `parent` forbids. Both are views of the same task.
+/// Checks that `child` permits nothing `parent` forbids. Both are views of the same task;
+/// `child_eff` is the child's effective document (to tell task-level causes from tenant-level
+/// ones, so one tenant-level mistake is reported once, not once per task view).
 pub(crate) fn check_narrowing(
     parent: &ResolvedPolicy,
     parent_doc: &LayerDoc,
     child: &ResolvedPolicy,
+    child_eff: &PolicyLayer,
     at: &Attrib<'_>,
     out: &mut Vec<Problem>,
 ) {
     let task = child.task.as_ref().map(TaskKind::as_str);
-    let for_task = task.map(|t| format!(" for task `{t}`")).unwrap_or_default();
+    let ov = task.and_then(|t| child_eff.constraints.tasks.get(t));
     let pname = format!("`{}` ({})", parent_doc.layer.id, parent_doc.file);
-    let tkeys = |f: &'static str| -> Vec<&str> {
-        match task {
-            Some(t) => vec!["constraints", "tasks", t, f],
-            None => vec!["constraints", f],
+    // (keys, task-specific) for a constraint field.
+    let field = |f: &'static str| -> (Vec<&str>, bool) {
+        let task_level = ov.is_some_and(|o| match f {
+            "floor" => o.floor.is_some(),
+            "approval" => o.approval.is_some(),
+            "notification" => o.notification.is_some(),
+            "allowed_tiers" | "min_quality" => true,
+            _ => false,
+        });
+        match (task, task_level) {
+            (Some(t), true) => (vec!["constraints", "tasks", t, f], true),
+            _ => (vec!["constraints", f], false),
         }
+    };
+    let suffix = |task_level: bool| match (task, task_level) {
+        (Some(t), true) => format!(" for task `{t}`"),
+        _ => String::new(),
     };
     for ct in child.usable_tiers() {
         let pt = parent.tiers.iter().find(|t| t.name == ct.name);
         for ep in &ct.endpoints {
-            let (keys, why): (Vec<&str>, String) = match pt {
-                None => (vec!["tiers"], "has no such tier".to_string()),
+            let ((keys, task_level), why): ((Vec<&str>, bool), String) = match pt {
+                None => ((vec!["tiers"], false), "has no such tier".to_string()),
                 Some(pt) => match &pt.excluded {
                     Some(ex) => {
-                        let keys = match ex {
-                            TierExclusion::BelowFloor { .. } => {
-                                if task.is_some() && child.floor != parent.floor {
-                                    tkeys("floor")
-                                } else {
-                                    vec!["constraints", "floor"]
-                                }
+                        let k = match ex {
+                            TierExclusion::BelowFloor { .. } => field("floor"),
+                            TierExclusion::Forbidden => {
+                                (vec!["constraints", "forbid_tiers"], false)
                             }
-                            TierExclusion::Forbidden => vec!["constraints", "forbid_tiers"],
-                            TierExclusion::NotAllowedForTask => tkeys("allowed_tiers"),
-                            TierExclusion::TaskNotServed => vec!["tiers"],
+                            TierExclusion::NotAllowedForTask => field("allowed_tiers"),
+                            TierExclusion::TaskNotServed => (vec!["tiers"], true),
                         };
-                        (keys, format!("excludes that tier: {ex}"))
+                        (k, format!("excludes that tier: {ex}"))
                     }
                     None => {
                         if pt.endpoints.contains(ep) {
@@ -550,29 +561,33 @@ pub(crate) fn check_narrowing(
                         }
                         match pt.removed.iter().find(|r| &r.endpoint == ep) {
                             Some(r) => {
-                                let keys = match &r.reason {
+                                let k = match &r.reason {
                                     EndpointExclusion::Residency { .. } => {
-                                        vec!["constraints", "allowed_regions"]
+                                        (vec!["constraints", "allowed_regions"], false)
                                     }
                                     EndpointExclusion::NotAllowlisted => {
-                                        vec!["constraints", "allowed_endpoints"]
+                                        (vec!["constraints", "allowed_endpoints"], false)
                                     }
                                     EndpointExclusion::Forbidden => {
-                                        vec!["constraints", "forbid_endpoints"]
+                                        (vec!["constraints", "forbid_endpoints"], false)
                                     }
-                                    EndpointExclusion::RetainsPrompts => {
-                                        vec!["constraints", "data", "forbid_prompt_retention"]
-                                    }
+                                    EndpointExclusion::RetainsPrompts => (
+                                        vec!["constraints", "data", "forbid_prompt_retention"],
+                                        false,
+                                    ),
                                     EndpointExclusion::NotSelfHosted => {
-                                        vec!["constraints", "data", "self_hosted_only"]
+                                        (vec!["constraints", "data", "self_hosted_only"], false)
                                     }
                                     EndpointExclusion::QualityBelowMinimum { .. } => {
-                                        tkeys("min_quality")
+                                        field("min_quality")
                                     }
                                 };
-                                (keys, format!("excludes it: {}", r.reason))
+                                (k, format!("excludes it: {}", r.reason))
                             }
-                            None => (vec!["tiers"], "does not list it in that tier".to_string()),
+                            None => (
+                                (vec!["tiers"], false),
+                                "does not list it in that tier".to_string(),
+                            ),
                         }
                     }
                 },
@@ -582,33 +597,38 @@ pub(crate) fn check_narrowing(
                 "",
                 ProblemCode::Widening,
                 format!(
-                    "permits endpoint `{ep}` at tier `{}`{for_task}, but parent layer {pname} {why}; a lower layer may only narrow",
-                    ct.name
+                    "permits endpoint `{ep}` at tier `{}`{}, but parent layer {pname} {why}; a lower layer may only narrow",
+                    ct.name,
+                    suffix(task_level)
                 ),
             ));
         }
         // Approval: entering this tier from the top must need at least the parent's approval.
         if let Some(pt) = pt {
             if parent.approval.requires(0, pt.index) && !child.approval.requires(0, ct.index) {
+                let (keys, task_level) = field("approval");
                 out.push(at.err(
-                    &tkeys("approval"),
+                    &keys,
                     "",
                     ProblemCode::Widening,
                     format!(
-                        "switching to tier `{}`{for_task} needs no approval here, but parent layer {pname} requires approval; a lower layer may only require more",
-                        ct.name
+                        "switching to tier `{}`{} needs no approval here, but parent layer {pname} requires approval; a lower layer may only require more",
+                        ct.name,
+                        suffix(task_level)
                     ),
                 ));
             }
         }
     }
     if child.notification < parent.notification {
+        let (keys, task_level) = field("notification");
         out.push(at.err(
-            &tkeys("notification"),
+            &keys,
             "",
             ProblemCode::Widening,
             format!(
-                "notification{for_task} is quieter than parent layer {pname}'s; a lower layer may only ask for more notice"
+                "notification{} is quieter than parent layer {pname}'s; a lower layer may only ask for more notice",
+                suffix(task_level)
             ),
         ));
     }
@@ -624,16 +644,13 @@ pub(crate) fn check_narrowing(
     }
     if let (Some(pr), Some(cr)) = (&parent.allowed_regions, &child.allowed_regions) {
         for (i, r) in cr.iter().enumerate() {
-            let covered = pr.iter().any(|p| {
-                if let Some(prefix) = r.strip_suffix('*') {
-                    p.strip_suffix('*').is_some_and(|pp| {
-                        prefix
-                            .to_ascii_lowercase()
-                            .starts_with(&pp.to_ascii_lowercase())
-                    })
-                } else {
-                    region_matches(p, r)
-                }
+            let covered = pr.iter().any(|p| match r.strip_suffix('*') {
+                Some(prefix) => p.strip_suffix('*').is_some_and(|pp| {
+                    prefix
+                        .to_ascii_lowercase()
+                        .starts_with(&pp.to_ascii_lowercase())
+                }),
+                None => region_matches(p, r),
             });
             if !covered {
                 out.push(at.err(

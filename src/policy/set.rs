@@ -326,7 +326,7 @@ impl PolicySet {
                     for (task, cv) in &vs {
                         let pv = pviews.get(task).or_else(|| pviews.get(&None));
                         if let Some(pv) = pv {
-                            check_narrowing(pv, &docs[parent], cv, &at, &mut problems);
+                            check_narrowing(pv, &docs[parent], cv, eff, &at, &mut problems);
                         }
                     }
                 }
