@@ -216,8 +216,9 @@ pub struct ResolvedPolicy {
     pub task: Option<TaskKind>,
     /// The layers it was resolved from, platform first.
     pub layers: Vec<LayerRef>,
-    /// Stable SHA-256 digest over the canonical form of this view (excluding `digest` itself and
-    /// the layers' file names).
+    /// Stable SHA-256 digest over the canonical form of this view: the same policy written with
+    /// other key order, whitespace, descriptions or file names has the same digest; any change to
+    /// what the view permits or how it behaves (or a layer's id or version) gives a new one.
     pub digest: ContentDigest,
     /// The ladder, every tier with its status in this view.
     pub tiers: Vec<ResolvedTier>,

@@ -168,7 +168,14 @@ impl PolicySet {
                 }
                 Ok(Parsed::Policy(layer, raw)) => {
                     problems.extend(check_layer(&src.name, &layer, &raw));
-                    let digest = ContentDigest::of_json(&*layer)
+                    // Comments and editor hints are not content.
+                    let mut content = (*layer).clone();
+                    content.description = None;
+                    content.schema = None;
+                    for t in &mut content.tiers {
+                        t.description = None;
+                    }
+                    let digest = ContentDigest::of_json(&content)
                         .unwrap_or_else(|_| ContentDigest::of_bytes(src.text.as_bytes()));
                     docs.push(LayerDoc {
                         file: src.name.clone(),
