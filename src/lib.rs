@@ -11,7 +11,7 @@ pub mod id;
 pub mod policy;
 pub mod trigger;
 
-pub use catalog::{Capabilities, Catalog, Endpoint, EndpointIdx, Pricing};
+pub use catalog::{Capabilities, CapabilityGap, Catalog, Endpoint, EndpointIdx, Pricing, Requirements};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{

@@ -8,6 +8,7 @@
 
 mod check;
 pub mod duration;
+mod explain;
 mod merge;
 mod model;
 mod resolve;
@@ -16,6 +17,7 @@ pub mod schema;
 mod set;
 mod source;
 
+pub use explain::{CandidateExplanation, CandidateStatus, LadderExplanation, TierExplanation};
 pub use model::*;
 pub use resolve::region_matches;
 pub use resolved::{

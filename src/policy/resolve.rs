@@ -401,6 +401,7 @@ pub(crate) fn compute_view(
             index: idx,
             name: tier.name.clone(),
             excluded,
+            all_endpoints: tier.endpoints.clone(),
             endpoints,
             endpoint_idx,
             removed,

@@ -187,6 +187,8 @@ pub struct ResolvedTier {
     pub name: String,
     /// `None` when the tier is permitted in this view; otherwise why not.
     pub excluded: Option<TierExclusion>,
+    /// Every endpoint the tier lists, in policy order.
+    pub all_endpoints: Vec<EndpointId>,
     /// Endpoints usable in this view (empty when the tier is excluded), in policy order.
     pub endpoints: Vec<EndpointId>,
     /// The same endpoints as catalog indices, for the hot path.
