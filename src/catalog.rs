@@ -392,7 +392,11 @@ mod tests {
         r.tools = true;
         assert_eq!(c.gap(&r), Some(CapabilityGap::Tools));
         assert_eq!(
-            CapabilityGap::ContextWindow { needed: 9, window: 8 }.to_string(),
+            CapabilityGap::ContextWindow {
+                needed: 9,
+                window: 8
+            }
+            .to_string(),
             "needs 9 tokens, context window is 8"
         );
     }

@@ -60,11 +60,21 @@ fn write_shuffled(v: &Value, seed: &mut u64, out: &mut String) {
 
 fn rich_base() -> Vec<(String, Value)> {
     let mut files = base();
-    set(&mut files, "acme.json", "/constraints/tasks", json!({
-        "code_generation": {"floor": "standby", "min_quality": 0.65},
-        "summarization": {"approval": {"at_or_below": 2}, "notification": "realtime"}
-    }));
-    set(&mut files, "acme.json", "/constraints/budget", json!({"tenant": {"limit_usd": 50, "window": "1h"}, "on_exceeded": {"downshift_to": "mid"}}));
+    set(
+        &mut files,
+        "acme.json",
+        "/constraints/tasks",
+        json!({
+            "code_generation": {"floor": "standby", "min_quality": 0.65},
+            "summarization": {"approval": {"at_or_below": 2}, "notification": "realtime"}
+        }),
+    );
+    set(
+        &mut files,
+        "acme.json",
+        "/constraints/budget",
+        json!({"tenant": {"limit_usd": 50, "window": "1h"}, "on_exceeded": {"downshift_to": "mid"}}),
+    );
     files
 }
 
@@ -128,16 +138,32 @@ fn a_semantic_change_changes_the_digest() {
     let files = rich_base();
     let before = load(&files);
     let mut changed = files.clone();
-    set(&mut changed, "acme.json", "/constraints/floor", json!("standby"));
+    set(
+        &mut changed,
+        "acme.json",
+        "/constraints/floor",
+        json!("standby"),
+    );
     let after = load(&changed);
-    let (b, a) = (before.view("acme", "copywriting").unwrap(), after.view("acme", "copywriting").unwrap());
+    let (b, a) = (
+        before.view("acme", "copywriting").unwrap(),
+        after.view("acme", "copywriting").unwrap(),
+    );
     assert_ne!(b.digest, a.digest);
     assert_ne!(before.digest(), after.digest());
     // Comments are not content.
     let mut relabel = files.clone();
-    set(&mut relabel, "acme.json", "/description", json!("only a comment changed"));
+    set(
+        &mut relabel,
+        "acme.json",
+        "/description",
+        json!("only a comment changed"),
+    );
     let same = load(&relabel);
-    assert_eq!(before.view("acme", "copywriting").unwrap().digest, same.view("acme", "copywriting").unwrap().digest);
+    assert_eq!(
+        before.view("acme", "copywriting").unwrap().digest,
+        same.view("acme", "copywriting").unwrap().digest
+    );
 }
 
 #[test]
@@ -146,11 +172,13 @@ fn the_fixture_round_trips_through_the_typed_form() {
         let text = serde_json::to_string(&v).unwrap();
         if v["kind"] == "catalog" {
             let c: downshift::catalog::CatalogFile = serde_json::from_str(&text).unwrap();
-            let again: downshift::catalog::CatalogFile = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            let again: downshift::catalog::CatalogFile =
+                serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
             assert_eq!(c, again, "{name}");
         } else {
             let l: downshift::policy::PolicyLayer = serde_json::from_str(&text).unwrap();
-            let again: downshift::policy::PolicyLayer = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+            let again: downshift::policy::PolicyLayer =
+                serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
             assert_eq!(l, again, "{name}");
         }
     }
@@ -172,40 +200,61 @@ fn constraints_strategy() -> impl Strategy<Value = Value> {
         any::<bool>(),
         prop::option::of((0u32..4, prop::option::of(0u8..3))),
     )
-        .prop_map(|(floor, forbid, regions, approval, at, notif, probe, task)| {
-            let mut c = serde_json::Map::new();
-            if let Some(f) = floor {
-                c.insert("floor".into(), json!(f));
-            }
-            if !forbid.is_empty() {
-                c.insert("forbid_tiers".into(), json!(forbid.iter().map(|&i| TIERS[i]).collect::<Vec<_>>()));
-            }
-            if let Some(r) = regions {
-                c.insert("allowed_regions".into(), json!(r.iter().map(|&i| REGIONS[i]).collect::<Vec<_>>()));
-            }
-            c.insert("approval".into(), match approval {
-                0 => json!("never"),
-                1 => json!({"at_or_below": at}),
-                _ => json!("always"),
-            });
-            c.insert("on_approval_timeout".into(), json!("reject"));
-            c.insert("notification".into(), json!(["silent", "digest", "realtime"][notif as usize]));
-            c.insert("probe_eligible".into(), json!(probe));
-            if let Some((tf, tn)) = task {
-                let mut o = serde_json::Map::new();
-                o.insert("floor".into(), json!(tf));
-                if let Some(n) = tn {
-                    o.insert("notification".into(), json!(["silent", "digest", "realtime"][n as usize]));
+        .prop_map(
+            |(floor, forbid, regions, approval, at, notif, probe, task)| {
+                let mut c = serde_json::Map::new();
+                if let Some(f) = floor {
+                    c.insert("floor".into(), json!(f));
                 }
-                c.insert("tasks".into(), json!({"code_generation": Value::Object(o)}));
-            }
-            Value::Object(c)
-        })
+                if !forbid.is_empty() {
+                    c.insert(
+                        "forbid_tiers".into(),
+                        json!(forbid.iter().map(|&i| TIERS[i]).collect::<Vec<_>>()),
+                    );
+                }
+                if let Some(r) = regions {
+                    c.insert(
+                        "allowed_regions".into(),
+                        json!(r.iter().map(|&i| REGIONS[i]).collect::<Vec<_>>()),
+                    );
+                }
+                c.insert(
+                    "approval".into(),
+                    match approval {
+                        0 => json!("never"),
+                        1 => json!({"at_or_below": at}),
+                        _ => json!("always"),
+                    },
+                );
+                c.insert("on_approval_timeout".into(), json!("reject"));
+                c.insert(
+                    "notification".into(),
+                    json!(["silent", "digest", "realtime"][notif as usize]),
+                );
+                c.insert("probe_eligible".into(), json!(probe));
+                if let Some((tf, tn)) = task {
+                    let mut o = serde_json::Map::new();
+                    o.insert("floor".into(), json!(tf));
+                    if let Some(n) = tn {
+                        o.insert(
+                            "notification".into(),
+                            json!(["silent", "digest", "realtime"][n as usize]),
+                        );
+                    }
+                    c.insert("tasks".into(), json!({"code_generation": Value::Object(o)}));
+                }
+                Value::Object(c)
+            },
+        )
 }
 
 fn usable_pairs(v: &ResolvedPolicy) -> Vec<(String, String)> {
     v.usable_tiers()
-        .flat_map(|t| t.endpoints.iter().map(move |e| (t.name.clone(), e.to_string())))
+        .flat_map(|t| {
+            t.endpoints
+                .iter()
+                .map(move |e| (t.name.clone(), e.to_string()))
+        })
         .collect()
 }
 

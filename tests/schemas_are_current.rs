@@ -12,7 +12,11 @@ fn check(path: &str, generated: String) {
         committed == generated,
         "{path} is stale: regenerate it with `cargo run --features cli --bin downshift -- schema {}` > {path}` \
          (or run the tests with DOWNSHIFT_BLESS=1)",
-        if path.contains("catalog") { "catalog" } else { "policy" }
+        if path.contains("catalog") {
+            "catalog"
+        } else {
+            "policy"
+        }
     );
 }
 

@@ -209,7 +209,11 @@ fn summary(tp: &TenantPolicy) -> String {
         "{} v{version}: ladder [{}]{}; floor {}; approval {}; notify {}; when exhausted {}; {} task view(s); digest {}",
         v.tenant,
         ladder.join(" > "),
-        if v.suspension.is_some() { " > suspend" } else { "" },
+        if v.suspension.is_some() {
+            " > suspend"
+        } else {
+            ""
+        },
         tier_label(v, v.floor),
         approval_text(v),
         snake(&v.notification),
@@ -266,10 +270,7 @@ fn explain(
             "ladder": ladder,
             "warnings": set.warnings().iter().filter(|p| p.severity == Severity::Warning).collect::<Vec<_>>(),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     let mut o = String::new();
@@ -337,8 +338,7 @@ fn explain(
             t.name,
             if t.approval_required
                 && t.index > 0
-                && t
-                    .candidates
+                && t.candidates
                     .iter()
                     .any(|c| !matches!(c.status, CandidateStatus::TierExcluded { .. }))
             {
