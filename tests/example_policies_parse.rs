@@ -30,7 +30,7 @@ fn chain<'a>(layers: &'a BTreeMap<String, PolicyLayer>, id: &str) -> Vec<&'a Pol
 }
 
 /// The ladder a layer sees: the tiers of the nearest layer in its chain that defines any.
-fn inherited_ladder<'a>(layers: &'a BTreeMap<String, PolicyLayer>, id: &str) -> Vec<String> {
+fn inherited_ladder(layers: &BTreeMap<String, PolicyLayer>, id: &str) -> Vec<String> {
     chain(layers, id)
         .into_iter()
         .find(|l| !l.tiers.is_empty())
