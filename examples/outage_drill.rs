@@ -134,7 +134,7 @@ fn main() {
         ),
     ];
     for stage in &STAGES {
-        let down: BTreeSet<EndpointId> = stage.down.iter().map(|s| EndpointId::new(s)).collect();
+        let down: BTreeSet<EndpointId> = stage.down.iter().map(EndpointId::new).collect();
         println!("{}  {}", stage.time, stage.what);
         for (tenant, tasks) in drills {
             let Ok(tp) = set.tenant(tenant) else {

@@ -190,8 +190,6 @@ pub enum ProblemCode {
     TierEmptiedForTenant,
     /// Warning: retry settings that multiply load on a failing provider.
     RetryStorm,
-    /// Warning: an endpoint whose region is global or unspecified while residency is restricted.
-    GlobalRegion,
 }
 
 /// One thing wrong (or suspicious) in a policy set, with where it is.

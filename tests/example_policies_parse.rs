@@ -364,3 +364,12 @@ fn tenants_that_suspend_inherit_a_suspension_step() {
         }
     }
 }
+
+#[test]
+fn the_example_set_passes_the_real_validator_without_warnings() {
+    let set = downshift::policy::PolicySet::load(&["examples/policies"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+    let tenants: Vec<&str> = set.tenants().iter().map(|t| t.as_str()).collect();
+    assert_eq!(tenants, ["fintech", "hospital-network", "marketing-agency"]);
+}

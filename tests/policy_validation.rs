@@ -948,3 +948,21 @@ fn warnings_alone_do_not_fail_loading() {
     );
     assert!(!set.warnings().is_empty());
 }
+
+#[test]
+fn a_tenant_turning_off_suspension_notices_is_widening() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/suspension",
+        json!({"max_duration": "1h", "notify": false}),
+    );
+    let p = only_error(&check(&files), ProblemCode::Widening);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.suspension.notify",
+        "cannot turn that off",
+    );
+}

@@ -633,6 +633,18 @@ pub(crate) fn check_narrowing(
             ),
         ));
     }
+    if parent.suspension.as_ref().is_some_and(|s| s.notify)
+        && child.suspension.as_ref().is_some_and(|s| !s.notify)
+    {
+        out.push(at.err(
+            &["suspension", "notify"],
+            "",
+            ProblemCode::Widening,
+            format!(
+                "parent layer {pname} notifies users of a suspension; a lower layer cannot turn that off"
+            ),
+        ));
+    }
     if child.probe_eligible && !parent.probe_eligible {
         out.push(at.err(
             &["constraints", "probe_eligible"],

@@ -14,7 +14,7 @@ use super::model::{Level, PolicyLayer};
 use super::resolve::{Attrib, LayerDoc, check_narrowing, compute_view, did_you_mean};
 use super::resolved::{LayerRef, ResolvedPolicy, ResolvedTier};
 use super::source::{Parsed, Source, parse, problem};
-use crate::catalog::{Catalog, CatalogFile, Endpoint};
+use crate::catalog::{Catalog, Endpoint};
 use crate::digest::ContentDigest;
 use crate::error::{PolicyError, Problem, ProblemCode, Severity, ValidationReport};
 use crate::id::{LayerId, TaskKind, TenantId};
@@ -111,25 +111,6 @@ impl PolicySet {
             Some(set) if !report.has_errors() => Ok(set),
             _ => Err(PolicyError::Invalid(report)),
         }
-    }
-
-    /// Builds a set from typed values (e.g. policies generated in code). Problems cite
-    /// `<catalog>` and `<layer id>` as file names.
-    ///
-    /// # Errors
-    /// As [`PolicySet::from_sources`].
-    pub fn from_parts(catalog: &CatalogFile, layers: &[PolicyLayer]) -> Result<Self, PolicyError> {
-        let mut sources = vec![Source::new(
-            "<catalog>",
-            serde_json::to_string(catalog).unwrap_or_default(),
-        )];
-        for l in layers {
-            sources.push(Source::new(
-                format!("<{}>", l.id),
-                serde_json::to_string(l).unwrap_or_default(),
-            ));
-        }
-        Self::from_sources(sources)
     }
 
     /// Validates `sources` and returns the resolved set (when there are no errors) together with
