@@ -15,10 +15,14 @@ pub use catalog::{Capabilities, Catalog, Endpoint, EndpointIdx, Pricing};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{
-    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity,
+    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, TriggerError,
     ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
+pub use trigger::{
+    BreakerEvent, BreakerMode, BreakerState, BudgetScope, EndpointHealth, EvaluatorSettings,
+    Observation, Probe, ProbePermit, ProviderSignal, TenantTriggers, TriggerEvaluator, Verdict,
+};
 pub use trigger::{
     Classification, OutcomeClass, RateLimitState, Trigger, TriggerKind, TriggerRecord,
 };
