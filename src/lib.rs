@@ -109,10 +109,14 @@ pub use catalog::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{
-    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity,
+    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, TriggerError,
     ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
+pub use trigger::{
+    BreakerEvent, BreakerMode, BreakerState, BudgetScope, EndpointHealth, EvaluatorSettings,
+    Observation, Probe, ProbePermit, ProviderSignal, TenantTriggers, TriggerEvaluator, Verdict,
+};
 pub use trigger::{
     Classification, OutcomeClass, RateLimitState, Trigger, TriggerKind, TriggerRecord,
 };
