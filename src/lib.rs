@@ -101,6 +101,7 @@ pub mod digest;
 pub mod error;
 pub mod id;
 pub mod policy;
+pub mod router;
 pub mod trigger;
 
 pub use catalog::{

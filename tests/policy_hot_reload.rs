@@ -17,10 +17,18 @@ fn a_valid_reload_swaps_the_active_set_and_old_snapshots_stay_intact() {
     assert_eq!(before.view("acme", "copywriting").unwrap().floor, 2);
 
     let mut files = base();
-    set(&mut files, "acme.json", "/constraints/floor", json!("standby"));
+    set(
+        &mut files,
+        "acme.json",
+        "/constraints/floor",
+        json!("standby"),
+    );
     let new = store.reload(sources(&files)).unwrap();
     assert!(Arc::ptr_eq(&new, &store.current()));
-    assert_eq!(store.current().view("acme", "copywriting").unwrap().floor, 1);
+    assert_eq!(
+        store.current().view("acme", "copywriting").unwrap().floor,
+        1
+    );
     // A reader holding the old snapshot still sees the old policy, with its own digest.
     assert_eq!(before.view("acme", "copywriting").unwrap().floor, 2);
     assert_ne!(before.digest(), store.current().digest());
@@ -34,7 +42,10 @@ fn a_rejected_reload_leaves_the_old_set_active() {
     set(&mut files, "acme.json", "/constraints/floor", json!(42));
     match store.reload(sources(&files)) {
         Err(PolicyError::Invalid(report)) => {
-            assert!(report.to_string().contains("acme.json:$.constraints.floor"), "{report}");
+            assert!(
+                report.to_string().contains("acme.json:$.constraints.floor"),
+                "{report}"
+            );
         }
         other => panic!("expected a rejected reload, got {other:?}"),
     }
@@ -45,7 +56,12 @@ fn a_rejected_reload_leaves_the_old_set_active() {
 fn concurrent_readers_always_see_a_whole_set() {
     let store = Arc::new(PolicyStore::new(load(&base())));
     let mut alt = base();
-    set(&mut alt, "acme.json", "/constraints/floor", json!("standby"));
+    set(
+        &mut alt,
+        "acme.json",
+        "/constraints/floor",
+        json!("standby"),
+    );
     let sets = [load(&base()), load(&alt)];
     let valid: Vec<_> = sets.iter().map(|s| s.digest().clone()).collect();
     std::thread::scope(|s| {

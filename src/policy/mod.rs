@@ -24,5 +24,5 @@ pub use resolved::{
     ApprovalRule, BudgetRule, EndpointExclusion, ExcludedEndpoint, LayerRef, ResolvedBudget,
     ResolvedPolicy, ResolvedTier, TierExclusion,
 };
-pub use set::{PolicySet, PolicyStore, TenantPolicy};
+pub use set::{PolicyGuard, PolicySet, PolicyStore, TenantPolicy};
 pub use source::Source;

@@ -16,6 +16,7 @@ use crate::catalog::{Catalog, Deployment};
 use crate::digest::ContentDigest;
 use crate::error::{Problem, ProblemCode, Severity};
 use crate::id::{TaskKind, TenantId};
+use crate::trigger::TenantTriggers;
 
 /// A parsed policy file.
 #[derive(Debug, Clone)]
@@ -441,6 +442,7 @@ pub(crate) fn compute_view(
         recovery: eff.recovery.clone(),
         retry: eff.retry.clone(),
         continuity: eff.continuity.clone(),
+        tenant_triggers: TenantTriggers::from_policy(&eff.triggers, c),
     };
 
     // Consent: no floor may permit what the tenant did not consent to.

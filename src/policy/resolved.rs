@@ -12,6 +12,7 @@ use super::model::{
 use crate::catalog::EndpointIdx;
 use crate::digest::ContentDigest;
 use crate::id::{EndpointId, LayerId, TaskKind, TenantId};
+use crate::trigger::TenantTriggers;
 
 /// One layer a resolved policy was built from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -261,6 +262,10 @@ pub struct ResolvedPolicy {
     pub retry: Retry,
     /// Continuity settings.
     pub continuity: Continuity,
+    /// The tenant's trigger thresholds in the form the evaluator checks (derived from `triggers`,
+    /// `sla` and `budget`; precomputed so routing builds nothing per call).
+    #[serde(skip)]
+    pub tenant_triggers: TenantTriggers,
 }
 
 fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::check::{check_catalog, check_layer};
 use super::merge::merge;
-use super::model::{Level, PolicyLayer};
+use super::model::{Level, PolicyLayer, Recovery, Triggers};
 use super::resolve::{Attrib, LayerDoc, check_narrowing, compute_view, did_you_mean};
 use super::resolved::{LayerRef, ResolvedPolicy, ResolvedTier};
 use super::source::{Parsed, Source, parse, problem};
@@ -18,6 +18,7 @@ use crate::catalog::{Catalog, Endpoint};
 use crate::digest::ContentDigest;
 use crate::error::{PolicyError, Problem, ProblemCode, Severity, ValidationReport};
 use crate::id::{LayerId, TaskKind, TenantId};
+use crate::trigger::EvaluatorSettings;
 
 /// One tenant's resolved views: a default view and one per task kind that has its own rules.
 #[derive(Debug, Clone)]
@@ -87,6 +88,8 @@ pub struct PolicySet {
     layers: Vec<LayerRef>,
     warnings: Vec<Problem>,
     digest: ContentDigest,
+    platform_triggers: Triggers,
+    platform_recovery: Recovery,
 }
 
 impl PolicySet {
@@ -416,7 +419,14 @@ impl PolicySet {
                 .unwrap_or_else(|_| ContentDigest::of_bytes(b""))
         };
         let _ = catalog_versions;
+        let (platform_triggers, platform_recovery) = platforms
+            .first()
+            .and_then(|&p| effective[p].as_ref())
+            .map(|l| (l.triggers.clone(), l.recovery.clone()))
+            .unwrap_or_default();
         let set = PolicySet {
+            platform_triggers,
+            platform_recovery,
             catalog: Arc::new(catalog),
             catalog_digest,
             tenants,
@@ -476,6 +486,14 @@ impl PolicySet {
     #[must_use]
     pub fn layers(&self) -> &[LayerRef] {
         &self.layers
+    }
+
+    /// The platform layer's shared settings for the [`TriggerEvaluator`](crate::trigger::TriggerEvaluator):
+    /// the breaker, half-open probing, the open wait and the latency window. An evaluator is
+    /// built from these once; a hot reload that changes them takes effect for a new evaluator.
+    #[must_use]
+    pub fn evaluator_settings(&self) -> EvaluatorSettings {
+        EvaluatorSettings::from_policy(&self.platform_triggers, &self.platform_recovery)
     }
 
     /// Warnings found while validating (legal but suspicious settings).
@@ -802,6 +820,25 @@ fn tenant_checks(
     }
 }
 
+/// A short-lived borrow of the active [`PolicySet`] (see [`PolicyStore::load`]). Hold it for
+/// the duration of one decision, not across awaits.
+pub struct PolicyGuard(arc_swap::Guard<Arc<PolicySet>>);
+
+impl std::ops::Deref for PolicyGuard {
+    type Target = PolicySet;
+    fn deref(&self) -> &PolicySet {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PolicyGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PolicyGuard")
+            .field(&self.0.digest())
+            .finish()
+    }
+}
+
 /// The active policy set, replaced atomically on hot reload.
 ///
 /// Readers take a cheap snapshot ([`PolicyStore::current`]); a reload validates the new set
@@ -820,10 +857,17 @@ impl PolicyStore {
         }
     }
 
-    /// The active set.
+    /// The active set, as a shared handle.
     #[must_use]
     pub fn current(&self) -> Arc<PolicySet> {
         self.current.load_full()
+    }
+
+    /// The active set, borrowed for a short read (cheaper than [`PolicyStore::current`] on the
+    /// hot path: no reference-count traffic between threads).
+    #[must_use]
+    pub fn load(&self) -> PolicyGuard {
+        PolicyGuard(self.current.load())
     }
 
     /// Makes `set` the active set; returns the previous one.

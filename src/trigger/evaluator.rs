@@ -223,6 +223,10 @@ struct Hot {
     rl_req_until: AtomicU64,
     rl_tok: AtomicU64,
     rl_tok_until: AtomicU64,
+    /// When the breaker last closed (0: closed since the start).
+    closed_since: AtomicU64,
+    /// Whether that close came from successful half-open probes.
+    closed_by_probe: AtomicU8,
 }
 
 /// The locked side of an endpoint: its windows.
@@ -430,6 +434,14 @@ impl TriggerEvaluator {
     }
 
     fn emit(&self, e: BreakerEvent) {
+        if e.to == BreakerState::Closed {
+            if let Some(cell) = self.cells.get(e.endpoint.0 as usize) {
+                cell.hot.closed_since.store(e.at.as_millis(), REL);
+                cell.hot
+                    .closed_by_probe
+                    .store(u8::from(e.from == BreakerState::HalfOpen), REL);
+            }
+        }
         let mut q = self.events.lock();
         if q.len() >= MAX_QUEUED_EVENTS {
             q.pop_front();
@@ -798,6 +810,44 @@ impl TriggerEvaluator {
         let cell = self.cell(endpoint)?;
         let (p95, samples) = self.latency(cell, now.as_millis());
         Ok((samples > 0 && samples >= self.min_samples).then(|| Duration::from_millis(p95)))
+    }
+
+    /// Since when `endpoint` has been healthy for everyone, as far as its shared state goes:
+    /// its breaker closed (or disabled / metrics only) since that time and no provider "not
+    /// before" in force. `None` while it is open, half-open, forced open or blocked. The second
+    /// value says whether the last close came from successful half-open probes (or the breaker
+    /// never tripped). Lock-free.
+    ///
+    /// The router's promotion rule (`healthy_for`) reads this.
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn healthy_since(
+        &self,
+        endpoint: EndpointIdx,
+        now: Timestamp,
+    ) -> Result<Option<(Timestamp, bool)>, TriggerError> {
+        let hot = &self.cell(endpoint)?.hot;
+        let state = BreakerState::from_u8(hot.state.load(ACQ));
+        if !matches!(
+            state,
+            BreakerState::Closed | BreakerState::Disabled | BreakerState::MetricsOnly
+        ) {
+            return Ok(None);
+        }
+        let now_ms = now.as_millis();
+        let nb = hot.not_before.load(ACQ);
+        if state == BreakerState::Closed && nb > now_ms {
+            return Ok(None);
+        }
+        let since = if state == BreakerState::Closed {
+            hot.closed_since.load(ACQ).max(nb)
+        } else {
+            hot.closed_since.load(ACQ)
+        };
+        // An endpoint that never tripped has nothing to prove by probing.
+        let by_probe = hot.closed_by_probe.load(ACQ) != 0 || hot.closed_since.load(ACQ) == 0;
+        Ok(Some((Timestamp::from_millis(since), by_probe)))
     }
 
     /// Asks for one of the half-open probe permits of a recovering endpoint, shared by every
