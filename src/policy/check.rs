@@ -67,7 +67,8 @@ impl Out<'_> {
 }
 
 /// Settings that only the platform layer may set (they are shared by every tenant).
-pub(crate) const PLATFORM_ONLY: [&[&str]; 5] = [
+pub(crate) const PLATFORM_ONLY: [&[&str]; 6] = [
+    &["herd"],
     &["task_kinds"],
     &["triggers", "breaker"],
     &["recovery", "half_open"],
@@ -380,6 +381,11 @@ pub(crate) fn check_layer(file: &str, layer: &PolicyLayer, raw: &Value) -> Vec<P
         "$.recovery.promotion.min_dwell",
         pr.min_dwell,
     );
+
+    // Herd control.
+    if let Some(x) = layer.herd.max_fallback_share {
+        o.fraction(true, "$.herd.max_fallback_share", x, false, true);
+    }
 
     // Retry.
     let rt = &layer.retry;

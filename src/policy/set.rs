@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::check::{check_catalog, check_layer};
 use super::merge::merge;
-use super::model::{Level, PolicyLayer, Recovery, Triggers};
+use super::model::{Herd, Level, PolicyLayer, Recovery, Triggers};
 use super::resolve::{Attrib, LayerDoc, check_narrowing, compute_view, did_you_mean};
 use super::resolved::{LayerRef, ResolvedPolicy, ResolvedTier};
 use super::source::{Parsed, Source, parse, problem};
@@ -90,6 +90,7 @@ pub struct PolicySet {
     digest: ContentDigest,
     platform_triggers: Triggers,
     platform_recovery: Recovery,
+    platform_herd: Herd,
 }
 
 impl PolicySet {
@@ -419,14 +420,15 @@ impl PolicySet {
                 .unwrap_or_else(|_| ContentDigest::of_bytes(b""))
         };
         let _ = catalog_versions;
-        let (platform_triggers, platform_recovery) = platforms
+        let (platform_triggers, platform_recovery, platform_herd) = platforms
             .first()
             .and_then(|&p| effective[p].as_ref())
-            .map(|l| (l.triggers.clone(), l.recovery.clone()))
+            .map(|l| (l.triggers.clone(), l.recovery.clone(), l.herd.clone()))
             .unwrap_or_default();
         let set = PolicySet {
             platform_triggers,
             platform_recovery,
+            platform_herd,
             catalog: Arc::new(catalog),
             catalog_digest,
             tenants,
@@ -491,9 +493,14 @@ impl PolicySet {
     /// The platform layer's shared settings for the [`TriggerEvaluator`](crate::trigger::TriggerEvaluator):
     /// the breaker, half-open probing, the open wait and the latency window. An evaluator is
     /// built from these once; a hot reload that changes them takes effect for a new evaluator.
-    #[must_use]
     pub fn evaluator_settings(&self) -> EvaluatorSettings {
         EvaluatorSettings::from_policy(&self.platform_triggers, &self.platform_recovery)
+    }
+
+    /// The platform's herd-control settings.
+    #[must_use]
+    pub fn herd(&self) -> &Herd {
+        &self.platform_herd
     }
 
     /// Warnings found while validating (legal but suspicious settings).

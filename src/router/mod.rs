@@ -34,12 +34,20 @@
 //! takes the first usable endpoint; `least_latency` draws two usable endpoints deterministically
 //! from the session and attempt and takes the one with the lower recent P95.
 //!
+//! # Herd control
+//!
+//! With the platform's `herd.max_fallback_share`, a fallback endpoint that already took that
+//! share of this second's moved calls is passed over for the next endpoint or tier the tenant may
+//! use; the cap spreads load and never by itself suspends or rejects a call (if capped endpoints
+//! are all that is left, they are used).
+//!
 //! A switch the policy says needs approval is never routed: it is
 //! [`Decision::AwaitApproval`] until the caller passes the approval back in
 //! [`CallContext::approved_to`].
 
 mod context;
 mod decision;
+mod herd;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +63,8 @@ use crate::catalog::{CapabilityGap, Catalog, EndpointIdx};
 use crate::clock::Timestamp;
 use crate::id::EndpointId;
 use crate::policy::{
-    BudgetRule, Exhausted, Notification, PolicyStore, PromotionMode, ResolvedPolicy, Selection,
+    BudgetRule, Exhausted, Herd, Notification, PolicyStore, PromotionMode, ResolvedPolicy,
+    Selection,
 };
 use crate::trigger::{
     BudgetScope, Probe, ProbePermit, Trigger, TriggerEvaluator, TriggerKind, Verdict,
@@ -66,6 +75,7 @@ use crate::trigger::{
 pub struct TierRouter {
     policies: Arc<PolicyStore>,
     evaluator: Arc<TriggerEvaluator>,
+    herd: Arc<herd::HerdCounters>,
     seed: u64,
 }
 
@@ -98,6 +108,11 @@ pub enum CandidateVerdict {
     Incapable {
         /// What it lacks.
         gap: CapabilityGap,
+    },
+    /// Herd control: it already took its capped share of the calls moved this second.
+    HerdCapped {
+        /// The share and the cap.
+        trigger: Trigger,
     },
     /// Its recent P95 cannot finish before the deadline.
     TooSlowForDeadline {
@@ -179,6 +194,7 @@ struct Tally {
     capable: u32,
     too_slow: u32,
     tried_out: u32,
+    capped: u32,
 }
 
 fn splitmix(mut x: u64) -> u64 {
@@ -203,9 +219,11 @@ impl TierRouter {
     /// deterministic choices (power of two choices) differ between replicas.
     #[must_use]
     pub fn new(policies: Arc<PolicyStore>, evaluator: Arc<TriggerEvaluator>, seed: u64) -> Self {
+        let herd = Arc::new(herd::HerdCounters::new(evaluator.endpoints()));
         TierRouter {
             policies,
             evaluator,
+            herd,
             seed,
         }
     }
@@ -230,6 +248,7 @@ impl TierRouter {
             Ok(tp) => self.decide(
                 tp.view(ctx.task.as_str()),
                 set.catalog(),
+                set.herd(),
                 ctx,
                 now,
                 &mut NoTrace,
@@ -260,7 +279,7 @@ impl TierRouter {
         let view = tp.view(ctx.task.as_str());
         let catalog = set.catalog();
         let mut rec = Recorder::default();
-        let decision = self.decide(view, catalog, ctx, now, &mut rec, false);
+        let decision = self.decide(view, catalog, set.herd(), ctx, now, &mut rec, false);
         let mut candidates = Vec::new();
         let id = |e: EndpointIdx| {
             catalog
@@ -346,6 +365,7 @@ impl TierRouter {
         deadline: Option<Timestamp>,
         now: Timestamp,
         live: bool,
+        cap: Option<(f64, u32)>,
         triggers: &mut TriggerList,
         tally: &mut Tally,
         trace: &mut T,
@@ -402,6 +422,17 @@ impl TierRouter {
                         let t = Trigger::new(TriggerKind::Deadline, ms(left), ms(p95)).at(e);
                         triggers.push(t);
                         trace.candidate(i, e, CandidateVerdict::TooSlowForDeadline { trigger: t });
+                        continue;
+                    }
+                }
+            }
+            if let Some((max, min)) = cap {
+                if let Some(share) = self.herd.share(e, now, min) {
+                    if share >= max {
+                        tally.capped += 1;
+                        let t = Trigger::new(TriggerKind::FallbackShare, share, max).at(e);
+                        triggers.push(t);
+                        trace.candidate(i, e, CandidateVerdict::HerdCapped { trigger: t });
                         continue;
                     }
                 }
@@ -464,7 +495,7 @@ impl TierRouter {
                 |s| fnv(s.as_str().as_bytes()),
             );
             let r =
-                splitmix(self.seed ^ key ^ (ctx.attempts.len() as u64) ^ now.as_millis() / 1000);
+                splitmix(self.seed ^ key ^ (ctx.attempts.len() as u64) ^ (now.as_millis() / 1000));
             let (a, b) = (pick(r), pick(splitmix(r)));
             let p95 = |k: usize| {
                 self.evaluator
@@ -561,10 +592,12 @@ impl TierRouter {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decide<T: Trace>(
         &self,
         view: &ResolvedPolicy,
         catalog: &Catalog,
+        herd: &Herd,
         ctx: &CallContext<'_>,
         now: Timestamp,
         trace: &mut T,
@@ -634,6 +667,12 @@ impl TierRouter {
         }
 
         let from = ctx.session_tier.map_or(top, |s| s.tier);
+        // Herd control applies to calls moved below the tenant's top tier.
+        let cap = |i: u32| {
+            herd.max_fallback_share
+                .filter(|_| i > top)
+                .map(|max| (max, herd.min_moved_calls))
+        };
         let mut tally = Tally::default();
         let mut tried_tiers: u64 = 0;
         let mark = |bits: &mut u64, i: u32| {
@@ -669,6 +708,9 @@ impl TierRouter {
                     proposed_endpoint: f.endpoint,
                     reason: Reason::new(ReasonKind::ApprovalRequired, triggers),
                 };
+            }
+            if live && i > top {
+                self.herd.record(f.endpoint, now);
             }
             Decision::Route(Route {
                 endpoint: f.endpoint,
@@ -708,7 +750,16 @@ impl TierRouter {
                             ms(p.healthy_for),
                         ));
                         if let Some(f) = self.try_tier(
-                            view, catalog, ctx, i, deadline, now, live, &mut promo, &mut tally,
+                            view,
+                            catalog,
+                            ctx,
+                            i,
+                            deadline,
+                            now,
+                            live,
+                            cap(i),
+                            &mut promo,
+                            &mut tally,
                             trace,
                         ) {
                             return finish(i, f, ReasonKind::Promotion, promo);
@@ -727,6 +778,7 @@ impl TierRouter {
                     deadline,
                     now,
                     live,
+                    cap(st.tier),
                     &mut triggers,
                     &mut tally,
                     trace,
@@ -741,30 +793,37 @@ impl TierRouter {
             }
         }
 
-        // 3. The best usable tier, from the top.
-        for i in min_tier..n {
-            if seen(tried_tiers, i) {
-                continue;
+        // 3. The best usable tier, from the top. Herd control only spreads load: if capped
+        //    endpoints were all that was left, a second pass ignores the cap rather than refuse.
+        for pass in 0..2 {
+            if pass == 1 && tally.capped == 0 {
+                break;
             }
-            mark(&mut tried_tiers, i);
-            if let Some(f) = self.try_tier(
-                view,
-                catalog,
-                ctx,
-                i,
-                deadline,
-                now,
-                live,
-                &mut triggers,
-                &mut tally,
-                trace,
-            ) {
-                let kind = if i == top && triggers.is_empty() {
-                    ReasonKind::Healthy
-                } else {
-                    ReasonKind::Fallback
-                };
-                return finish(i, f, kind, triggers);
+            for i in min_tier..n {
+                if pass == 0 && seen(tried_tiers, i) {
+                    continue;
+                }
+                mark(&mut tried_tiers, i);
+                if let Some(f) = self.try_tier(
+                    view,
+                    catalog,
+                    ctx,
+                    i,
+                    deadline,
+                    now,
+                    live,
+                    if pass == 0 { cap(i) } else { None },
+                    &mut triggers,
+                    &mut tally,
+                    trace,
+                ) {
+                    let kind = if i == top && triggers.is_empty() {
+                        ReasonKind::Healthy
+                    } else {
+                        ReasonKind::Fallback
+                    };
+                    return finish(i, f, kind, triggers);
+                }
             }
         }
 

@@ -59,6 +59,9 @@ pub enum TriggerKind {
     CallFailed,
     /// Recovery: the higher tier has been healthy long enough (milliseconds).
     Recovered,
+    /// Herd control: the fallback endpoint already took its capped share of the traffic moved
+    /// off top tiers this second (fractions).
+    FallbackShare,
     /// An operator or a policy activation caused the change.
     Manual,
     /// The breaker's open wait has passed; it moves to half-open (milliseconds waited and the
@@ -140,7 +143,8 @@ impl Trigger {
             TriggerKind::FailureRate
             | TriggerKind::SlowCallRate
             | TriggerKind::RateLimitRequests
-            | TriggerKind::RateLimitTokens => "fraction",
+            | TriggerKind::RateLimitTokens
+            | TriggerKind::FallbackShare => "fraction",
             TriggerKind::ConsecutiveFailures
             | TriggerKind::CallFailed
             | TriggerKind::ProbeFailed
@@ -243,6 +247,12 @@ impl fmt::Display for Trigger {
                 write!(f, "healthy for {} >= {}", secs(m), secs(t))?;
             }
             TriggerKind::Manual => f.write_str("manual change")?,
+            TriggerKind::FallbackShare => write!(
+                f,
+                "fallback share {:.0}% >= cap {:.0}%",
+                m * 100.0,
+                t * 100.0
+            )?,
             TriggerKind::OpenWaitElapsed => {
                 write!(f, "open wait of {} elapsed; probing", secs(t))?;
             }
