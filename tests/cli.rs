@@ -222,3 +222,66 @@ fn explain_an_unknown_tenant_lists_the_known_ones() {
     assert!(e.contains("unknown tenant `hospital`"), "{e}");
     assert!(e.contains("hospital-network"), "{e}");
 }
+
+#[test]
+fn explain_with_endpoints_down_shows_the_route_and_every_candidate() {
+    let out = downshift(&[
+        "explain",
+        "examples/policies",
+        "--tenant",
+        "marketing-agency",
+        "--task",
+        "copywriting",
+        "--down",
+        "frontier-vendor-eu",
+        "--down",
+        "frontier-vendor-us",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("-> ROUTE to mid70b-selfhosted-eu (tier 2 `mid`), degraded"),
+        "{s}"
+    );
+    assert!(
+        s.contains("frontier-vendor-eu         forced open by an operator"),
+        "{s}"
+    );
+    assert!(
+        s.contains("hot-standby  frontier-cloud-eu          tier forbidden by the tenant"),
+        "{s}"
+    );
+
+    let hospital = downshift(&[
+        "explain",
+        "examples/policies",
+        "--tenant",
+        "hospital-network",
+        "--task",
+        "clinical_summarization",
+        "--down",
+        "frontier-vendor-eu",
+        "--down",
+        "frontier-cloud-eu",
+    ]);
+    assert!(
+        text(&hospital.stdout).contains("-> SUSPEND"),
+        "{}",
+        text(&hospital.stdout)
+    );
+
+    let bad = downshift(&[
+        "explain",
+        "examples/policies",
+        "--tenant",
+        "fintech",
+        "--down",
+        "frontier-vendr-eu",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("did you mean `frontier-vendor-eu`?"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

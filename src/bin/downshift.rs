@@ -9,9 +9,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use downshift::catalog::Requirements;
 use downshift::policy::{
-    self, ApprovalRule, CandidateStatus, PolicySet, ResolvedPolicy, Source, TenantPolicy,
+    self, ApprovalRule, CandidateStatus, PolicySet, PolicyStore, ResolvedPolicy, Source,
+    TenantPolicy,
 };
-use downshift::{PolicyError, Severity};
+use downshift::router::{CallContext, CandidateVerdict, Decision, TierRouter};
+use downshift::trigger::{BreakerMode, TriggerEvaluator};
+use downshift::{PolicyError, Severity, TaskKind, TenantId, Timestamp};
+use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +72,13 @@ enum Command {
         /// The request needs JSON mode.
         #[arg(long)]
         json_mode: bool,
+        /// Treat this endpoint as down (repeatable): shows where the router would send the
+        /// call during such an outage, and why each candidate was taken or passed over.
+        #[arg(long = "down", value_name = "ENDPOINT")]
+        down: Vec<String>,
+        /// The session is on this tier already (stickiness; promotion is not simulated).
+        #[arg(long)]
+        session_tier: Option<u32>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -113,6 +124,8 @@ fn main() -> ExitCode {
             tools,
             vision,
             json_mode,
+            down,
+            session_tier,
             json,
         } => {
             let req = Requirements {
@@ -123,7 +136,14 @@ fn main() -> ExitCode {
                 vision,
                 json_mode,
             };
-            explain(&paths, &tenant, task.as_deref(), &req, json)
+            let what = What {
+                tenant: &tenant,
+                task: task.as_deref(),
+                req,
+                down: &down,
+                session_tier,
+            };
+            explain(&paths, &what, json)
         }
     }
 }
@@ -223,13 +243,52 @@ fn summary(tp: &TenantPolicy) -> String {
     )
 }
 
-fn explain(
-    paths: &[PathBuf],
-    tenant: &str,
-    task: Option<&str>,
-    req: &Requirements,
-    json: bool,
-) -> ExitCode {
+/// What `explain` is asked about.
+struct What<'a> {
+    tenant: &'a str,
+    task: Option<&'a str>,
+    req: Requirements,
+    down: &'a [String],
+    session_tier: Option<u32>,
+}
+
+/// Routes one call of the explained tenant with the `--down` endpoints forced open.
+fn live_explanation(
+    set: &PolicySet,
+    what: &What<'_>,
+) -> Result<downshift::router::Explanation, String> {
+    let eval = TriggerEvaluator::for_catalog(&set.evaluator_settings(), set.catalog(), 0)
+        .map_err(|e| e.to_string())?;
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    for d in what.down {
+        let idx = set.catalog().index_of(d).ok_or_else(|| {
+            format!(
+                "--down {d}: unknown endpoint{}",
+                set.catalog()
+                    .endpoints()
+                    .iter()
+                    .map(|e| e.id.as_str())
+                    .min_by_key(|c| strsim::levenshtein(d, c))
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default()
+            )
+        })?;
+        eval.set_mode(idx, BreakerMode::ForcedOpen, now)
+            .map_err(|e| e.to_string())?;
+    }
+    let store = Arc::new(PolicyStore::new(set.clone()));
+    let router = TierRouter::new(store, Arc::new(eval), 0);
+    let tenant = TenantId::new(what.tenant);
+    let task = TaskKind::new(what.task.unwrap_or("default"));
+    let mut ctx = CallContext::new(&tenant, &task).requirements(what.req);
+    if let Some(t) = what.session_tier {
+        ctx = ctx.on_tier(t, now).step_boundary(false);
+    }
+    Ok(router.explain(&ctx, now))
+}
+
+fn explain(paths: &[PathBuf], what: &What<'_>, json: bool) -> ExitCode {
+    let (tenant, task, req) = (what.tenant, what.task, &what.req);
     let sources = match read(paths) {
         Ok(s) => s,
         Err(code) => return code,
@@ -261,6 +320,13 @@ fn explain(
         None => tp.default_view(),
     };
     let ladder = v.explain_ladder(set.catalog(), req);
+    let live = match live_explanation(&set, what) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("downshift: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if json {
         let doc = serde_json::json!({
             "tenant": v.tenant,
@@ -268,6 +334,12 @@ fn explain(
             "view": if v.task.is_some() { "task" } else { "default" },
             "policy": &**v,
             "ladder": ladder,
+            "route": {
+                "down": what.down,
+                "decision": live.decision,
+                "reason": live.reason,
+                "candidates": live.candidates,
+            },
             "warnings": set.warnings().iter().filter(|p| p.severity == Severity::Warning).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
@@ -376,6 +448,76 @@ fn explain(
     }
     let usable = ladder.usable().count();
     o.push_str(&format!("{usable} usable endpoint(s) for this request\n"));
+    if what.down.is_empty() {
+        o.push_str("\nroute with every endpoint healthy:\n");
+    } else {
+        o.push_str(&format!("\nroute with {} down:\n", what.down.join(", ")));
+    }
+    let name = |e: downshift::EndpointIdx| {
+        set.catalog()
+            .try_endpoint(e)
+            .map_or("?", |x| x.id.as_str())
+            .to_string()
+    };
+    let tier_name = |i: u32| v.tier(i).map_or("?", |t| t.name.as_str()).to_string();
+    match &live.decision {
+        Decision::Route(r) => o.push_str(&format!(
+            "  -> ROUTE to {} (tier {} `{}`){}{}{}\n",
+            name(r.endpoint),
+            r.tier,
+            tier_name(r.tier),
+            if r.degraded { ", degraded" } else { "" },
+            if r.notice {
+                ", user told in real time"
+            } else {
+                ""
+            },
+            if r.fit_context {
+                ", context fitted"
+            } else {
+                ""
+            },
+        )),
+        Decision::AwaitApproval {
+            proposed_tier,
+            proposed_endpoint,
+            ticket,
+            ..
+        } => o.push_str(&format!(
+            "  -> AWAIT APPROVAL ({ticket}) to move to {} (tier {proposed_tier} `{}`)\n",
+            name(*proposed_endpoint),
+            tier_name(*proposed_tier)
+        )),
+        Decision::Suspend { retry_at, .. } => o.push_str(&format!(
+            "  -> SUSPEND{}\n",
+            retry_at
+                .map(|t| format!(", retry at {t}"))
+                .unwrap_or_default()
+        )),
+        Decision::Reject { .. } => o.push_str("  -> REJECT\n"),
+    }
+    o.push_str(&format!("  because: {}\n", live.reason));
+    for c in &live.candidates {
+        let verdict = match &c.verdict {
+            CandidateVerdict::Chosen => "chosen".to_string(),
+            CandidateVerdict::NotChosen => "usable, not needed".to_string(),
+            CandidateVerdict::TierExcluded { reason } => format!("tier {reason}"),
+            CandidateVerdict::Removed { reason } => format!("removed: {reason}"),
+            CandidateVerdict::OverBudget => "above the budget's tier".to_string(),
+            CandidateVerdict::AlreadyTried { attempts } => format!("already tried {attempts}x"),
+            CandidateVerdict::Incapable { gap } => format!("incapable: {gap}"),
+            CandidateVerdict::HerdCapped { trigger }
+            | CandidateVerdict::TooSlowForDeadline { trigger }
+            | CandidateVerdict::Unusable { trigger }
+            | CandidateVerdict::ProbeRefused { trigger } => trigger.to_string(),
+        };
+        o.push_str(&format!(
+            "    {} {:<12} {:<26} {verdict}\n",
+            c.tier,
+            c.tier_name,
+            c.endpoint.as_str()
+        ));
+    }
     print!("{o}");
     ExitCode::SUCCESS
 }
