@@ -3,7 +3,10 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod audit;
+pub mod blocking;
 pub mod catalog;
+pub mod checkpoint;
 pub mod clock;
 pub mod digest;
 pub mod error;
@@ -11,7 +14,13 @@ pub mod id;
 pub mod policy;
 pub mod trigger;
 
+pub use audit::{
+    AuditEvent, AuditEventKind, AuditHead, AuditRecord, AuditSink, JsonlAuditSink, MemoryAuditSink,
+};
 pub use catalog::{Capabilities, Catalog, Endpoint, EndpointIdx, Pricing};
+pub use checkpoint::{
+    Checkpoint, CheckpointStore, FileCheckpointStore, MemoryCheckpointStore, ResumeToken,
+};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{
