@@ -89,7 +89,7 @@ impl Timestamp {
 fn parse_rfc3339_offset(s: &str) -> Result<SystemTime, humantime::TimestampError> {
     let bytes = s.as_bytes();
     // An offset is the last six characters: `+hh:mm` or `-hh:mm`.
-    if bytes.len() > 6 {
+    if bytes.len() > 6 && s.is_char_boundary(bytes.len() - 6) {
         let split = bytes.len() - 6;
         let (head, off) = s.split_at(split);
         let ob = off.as_bytes();
@@ -233,6 +233,9 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+        // A multi-byte character where the offset would start must not panic.
+        assert!(Timestamp::parse_rfc3339("2026-11-28T02:14:00é+01:0").is_err());
+        assert!(Timestamp::parse_rfc3339("ééééééé").is_err());
     }
 
     #[test]

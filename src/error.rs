@@ -133,17 +133,50 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// The session's stored checkpoint belongs to another tenant; a session never changes tenant.
+    #[error(
+        "session `{session}` belongs to tenant `{stored}`, not `{given}`: a session never changes tenant"
+    )]
+    TenantMismatch {
+        /// The session.
+        session: SessionId,
+        /// The tenant of the stored checkpoint.
+        stored: TenantId,
+        /// The tenant the caller gave.
+        given: TenantId,
+    },
+    /// The checkpoint cannot be stored as given (it cannot be encoded, or its version would
+    /// overflow).
+    #[error("checkpoint for session `{session}` cannot be stored: {reason}")]
+    Invalid {
+        /// The session.
+        session: SessionId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store cannot run the operation (its worker threads are gone or the store is closed).
+    #[error("checkpoint store unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Errors from the audit log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// The chain does not verify at this record.
-    #[error("audit log does not verify at record {seq}: {reason}")]
+    /// The chain does not verify at this record: a record was edited, deleted, inserted,
+    /// reordered, or the log was cut back or rewritten relative to a kept head.
+    #[error("{}audit log does not verify at record {seq}: {reason}", tamper_place(.path.as_deref(), *.line))]
     Tampered {
-        /// Sequence number (or line index) of the first bad record.
+        /// The sequence number expected at the first position that does not verify (for a kept
+        /// head that the log no longer reaches: the head's sequence number).
         seq: u64,
+        /// The file, when verifying a file.
+        path: Option<PathBuf>,
+        /// The 1-based line number in the file, when verifying a file.
+        line: Option<u64>,
         /// What is wrong.
         reason: String,
     },
@@ -156,6 +189,49 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    /// The log's last line is incomplete (a write was interrupted). It is reported, never
+    /// silently dropped; `JsonlAuditSink::repair_torn_tail` moves it aside explicitly.
+    #[error("{path}:{line}: the last line ({bytes} bytes) is incomplete: a write was interrupted")]
+    TornTail {
+        /// The log file.
+        path: PathBuf,
+        /// The 1-based line number of the incomplete line.
+        line: u64,
+        /// How many bytes the incomplete line has.
+        bytes: u64,
+    },
+    /// The event cannot be recorded as given (e.g. a trigger's measured value is not finite).
+    #[error("audit event cannot be recorded: {reason}")]
+    InvalidEvent {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A kept head could not be read or parsed.
+    #[error("invalid audit head {path}: {reason}")]
+    InvalidHead {
+        /// The head file (or `-` when given inline).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The sink stopped accepting records after an earlier write failed; reopen the log (which
+    /// verifies it) to continue.
+    #[error("audit sink {path} stopped after a failed write: {reason}")]
+    Failed {
+        /// The log file.
+        path: PathBuf,
+        /// The earlier failure.
+        reason: String,
+    },
+}
+
+fn tamper_place(path: Option<&std::path::Path>, line: Option<u64>) -> String {
+    match (path, line) {
+        (Some(p), Some(l)) => format!("{}:{l}: ", p.display()),
+        (Some(p), None) => format!("{}: ", p.display()),
+        (None, Some(l)) => format!("line {l}: "),
+        (None, None) => String::new(),
+    }
 }
 
 /// How serious a [`Problem`] is.
