@@ -26,6 +26,9 @@ pub enum Error {
     /// The audit log could not be written or does not verify.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// An engine operation (approval, resume) was refused.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The trigger evaluator was given something it cannot use.
     #[error(transparent)]
     Trigger(#[from] TriggerError),
@@ -97,6 +100,44 @@ pub enum PolicyError {
         tenant: TenantId,
         /// The task kind.
         task: TaskKind,
+    },
+}
+
+/// Errors from [`Engine`](crate::engine::Engine) operations on approvals and sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No approval request has this ticket.
+    #[error("unknown approval ticket {ticket}")]
+    UnknownTicket {
+        /// The ticket.
+        ticket: String,
+    },
+    /// The approval request was already answered or has expired.
+    #[error("approval ticket {ticket} is no longer pending (it is {state})")]
+    TicketNotPending {
+        /// The ticket.
+        ticket: String,
+        /// Its state.
+        state: String,
+    },
+    /// No checkpoint exists for this session.
+    #[error("no checkpoint for session `{session}`")]
+    UnknownSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session is not suspended (never was, or another caller or replica resumed it).
+    #[error("session `{session}` is not suspended (already resumed?)")]
+    NotSuspended {
+        /// The session.
+        session: SessionId,
+    },
+    /// The resume token does not match the session's suspension.
+    #[error("the resume token does not match session `{session}`'s suspension")]
+    TokenMismatch {
+        /// The session.
+        session: SessionId,
     },
 }
 

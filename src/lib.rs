@@ -101,6 +101,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod clock;
 pub mod digest;
+pub mod engine;
 pub mod error;
 pub mod id;
 pub mod policy;
