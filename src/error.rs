@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::catalog::EndpointIdx;
-use crate::id::{SessionId, TaskKind, TenantId};
+use crate::id::{EndpointId, SessionId, TaskKind, TenantId};
 
 /// Any error this crate returns.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,18 @@ pub enum EngineError {
     NotSuspended {
         /// The session.
         session: SessionId,
+    },
+    /// A shared store (approvals, health exchange) failed.
+    #[error("shared store error: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+    },
+    /// An endpoint id not in the catalog.
+    #[error("unknown endpoint `{endpoint}`")]
+    UnknownEndpoint {
+        /// The id given.
+        endpoint: EndpointId,
     },
     /// The resume token does not match the session's suspension.
     #[error("the resume token does not match session `{session}`'s suspension")]

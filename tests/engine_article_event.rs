@@ -182,7 +182,7 @@ fn the_2am_event_end_to_end() {
     assert!(
         matches!(block_on(e.call(fin())), CallResult::AwaitingApproval { ticket: t, .. } if t == ticket)
     );
-    assert_eq!(e.pending_approvals().len(), 1);
+    assert_eq!(block_on(e.pending_approvals()).unwrap().len(), 1);
     block_on(e.approve(ticket, "risk-officer-17")).unwrap();
     assert_eq!(
         served(&block_on(e.call(fin()))),

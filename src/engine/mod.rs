@@ -40,6 +40,7 @@
 mod budget;
 mod client;
 mod result;
+mod shared;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -55,6 +56,7 @@ pub use client::{
     Sleeper, TokenUsage,
 };
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
+pub use shared::{ApprovalState, ApprovalStore, MemoryApprovalStore, PendingApproval};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Requirements};
@@ -176,45 +178,10 @@ pub struct ReadyToResume {
     pub resume_token: ResumeToken,
 }
 
-/// A pending approval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PendingApproval {
-    /// The ticket.
-    pub ticket: ApprovalTicket,
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The session, if any.
-    pub session: Option<SessionId>,
-    /// The session's current tier.
-    pub from: u32,
-    /// The proposed tier.
-    pub to: u32,
-    /// When it expires.
-    pub expires_at: Timestamp,
-    /// Its state.
-    pub state: ApprovalState,
-}
-
-/// Where an approval request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApprovalState {
-    /// Waiting for a human.
-    Pending,
-    /// Approved.
-    Granted,
-    /// Denied.
-    Denied,
-    /// Nobody answered in time.
-    Expired,
-}
-
 /// What the engine keeps per session.
 #[derive(Debug, Clone, Default)]
 struct SessionState {
     tier: Option<(u32, Timestamp)>,
-    approved_to: Option<u32>,
-    pending: Option<ApprovalTicket>,
     suspended: Option<(ResumeToken, Option<Timestamp>, String)>,
     version: Option<u64>,
 }
@@ -240,8 +207,8 @@ impl Sessions {
         &self.shards[(self.hasher.hash_one(s) as usize) % SHARDS]
     }
 
-    fn get(&self, s: &SessionId) -> SessionState {
-        self.shard(s).lock().get(s).cloned().unwrap_or_default()
+    fn get(&self, s: &SessionId) -> Option<SessionState> {
+        self.shard(s).lock().get(s).cloned()
     }
 
     fn update(&self, s: &SessionId, f: impl FnOnce(&mut SessionState)) {
@@ -260,9 +227,17 @@ struct Inner<P, O> {
     clock: Arc<dyn Clock>,
     sleeper: Arc<dyn Sleeper>,
     sessions: Sessions,
-    approvals: Mutex<HashMap<ApprovalTicket, PendingApproval>>,
+    approvals: Arc<dyn ApprovalStore>,
+    workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
     retry_budget: budget::RetryBudget,
     seed: u64,
+}
+
+/// What the engine keeps per workflow.
+#[derive(Debug, Clone, Default)]
+struct WorkflowState {
+    deadline: Option<Timestamp>,
+    suspended: Option<(String, Option<Timestamp>)>,
 }
 
 /// The engine: `Send + Sync`, cheap to clone, shared by every task of a process.
@@ -295,6 +270,7 @@ pub struct EngineBuilder<P, O> {
     evaluator: Option<Arc<TriggerEvaluator>>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     audit: Option<Arc<dyn AuditSink>>,
+    approvals: Option<Arc<dyn ApprovalStore>>,
     notifier: Option<Arc<dyn Notifier>>,
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
@@ -327,6 +303,12 @@ where
     /// The audit sink (default: in memory).
     pub fn audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
         self.audit = Some(sink);
+        self
+    }
+
+    /// The approval tickets, shared with other replicas (default: in memory).
+    pub fn approvals(mut self, store: Arc<dyn ApprovalStore>) -> Self {
+        self.approvals = Some(store);
         self
     }
 
@@ -389,7 +371,10 @@ where
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 sleeper: self.sleeper.unwrap_or_else(|| Arc::new(NoSleep)),
                 sessions: Sessions::new(),
-                approvals: Mutex::new(HashMap::new()),
+                approvals: self
+                    .approvals
+                    .unwrap_or_else(|| Arc::new(MemoryApprovalStore::new())),
+                workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
             }),
@@ -443,6 +428,7 @@ where
             evaluator: None,
             checkpoints: None,
             audit: None,
+            approvals: None,
             notifier: None,
             clock: None,
             sleeper: None,
@@ -478,6 +464,39 @@ where
     #[must_use]
     pub fn audit(&self) -> &Arc<dyn AuditSink> {
         &self.inner.audit
+    }
+
+    /// The session's state: this replica's copy, or — the first time this replica sees the
+    /// session — what its checkpoint says (tier, suspension, version), so a session can move
+    /// between replicas.
+    async fn session_state(&self, sid: &SessionId) -> Result<SessionState, CheckpointError> {
+        if let Some(s) = self.inner.sessions.get(sid) {
+            // A suspension may have been lifted by another replica: the store decides.
+            if s.suspended.is_none() {
+                return Ok(s);
+            }
+        }
+        let st = match self.inner.checkpoints.load(sid).await? {
+            Some(cp) => SessionState {
+                tier: Some((cp.tier.index, cp.created_at)),
+                suspended: cp.suspended.map(|s| {
+                    let reason = s.reason;
+                    (s.resume_token, s.retry_at, reason)
+                }),
+                version: Some(cp.version),
+            },
+            None => SessionState::default(),
+        };
+        let copy = st.clone();
+        self.inner.sessions.update(sid, |s| *s = copy);
+        Ok(st)
+    }
+
+    /// Forgets this replica's copy of a session's state; its next call reads the checkpoint
+    /// store again. Call it when another replica may have changed the session (or route a
+    /// session's calls to one replica).
+    pub fn forget_session(&self, session: &SessionId) {
+        self.inner.sessions.shard(session).lock().remove(session);
     }
 
     async fn record(&self, event: AuditEvent) -> Result<u64, Rejection> {
@@ -540,7 +559,13 @@ where
         let inner = &*self.inner;
         let start = inner.clock.now();
         inner.retry_budget.record_call(start);
-        let mut session = call.session.as_ref().map(|s| inner.sessions.get(s));
+        let session = match &call.session {
+            Some(s) => match self.session_state(s).await {
+                Ok(st) => Some(st),
+                Err(e) => return CallResult::Rejected(durability(e)),
+            },
+            None => None,
+        };
 
         // A suspended session stays suspended until it is resumed.
         if let Some((token, retry_at, reason)) = session.as_ref().and_then(|s| s.suspended.clone())
@@ -551,20 +576,44 @@ where
                 reason,
             };
         }
-        // A pending approval decides this call until it is answered.
-        if let Some(ticket) = session.as_ref().and_then(|s| s.pending) {
-            match self.approval_gate(&call, ticket, start).await {
-                Gate::Proceed(approved_to) => {
-                    if let Some(s) = session.as_mut() {
-                        s.approved_to = approved_to;
-                    }
-                }
-                Gate::End(result) => return *result,
+        // A workflow suspends together: once one of its sessions is suspended, its siblings are
+        // suspended at their next call (with their own state saved), so none waits on an output
+        // that will never come.
+        let workflow = call
+            .workflow
+            .as_ref()
+            .map(|w| inner.workflows.lock().get(w).cloned().unwrap_or_default());
+        if let (Some((why, retry_at)), Some(w)) = (
+            workflow.as_ref().and_then(|w| w.suspended.clone()),
+            call.workflow.as_ref(),
+        ) {
+            let set = inner.policies.current();
+            if let Ok(tp) = set.tenant(call.tenant.as_str()) {
+                let view = Arc::clone(tp.view(call.task.as_str()));
+                let reason = Reason {
+                    kind: ReasonKind::NothingUsable,
+                    triggers: Default::default(),
+                };
+                let message = format!("workflow `{w}` is suspended: {why}");
+                return self
+                    .suspend_with(
+                        &call,
+                        &view,
+                        set.catalog(),
+                        session.as_ref(),
+                        reason,
+                        message,
+                        retry_at,
+                        start,
+                    )
+                    .await;
             }
         }
+        let workflow_deadline = workflow.and_then(|w| w.deadline);
 
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut audit_seqs = Vec::new();
+        let mut approved_to: Option<u32> = None;
         loop {
             let now = inner.clock.now();
             let set = inner.policies.current();
@@ -583,10 +632,15 @@ where
                 .requirements(call.requirements)
                 .step_boundary(call.new_step && attempts.is_empty())
                 .attempts(&attempts);
-            if let Some(d) = call.deadline {
+            let own = call
+                .deadline
+                .or_else(|| view.sla.default_deadline.map(|d| start.saturating_add(d)));
+            // The workflow's deadline bounds its sub-agents' calls.
+            if let Some(d) = match (own, workflow_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            } {
                 ctx = ctx.deadline(d);
-            } else if let Some(d) = view.sla.default_deadline {
-                ctx = ctx.deadline(start.saturating_add(d));
             }
             if let Some(s) = &call.session {
                 ctx = ctx.session(s);
@@ -597,7 +651,7 @@ where
             if let Some((tier, since)) = session.as_ref().and_then(|s| s.tier) {
                 ctx = ctx.on_tier(tier, since);
             }
-            if let Some(a) = session.as_ref().and_then(|s| s.approved_to) {
+            if let Some(a) = approved_to {
                 ctx = ctx.approved_to(a);
             }
             let deadline = ctx.deadline;
@@ -667,7 +721,7 @@ where
                     proposed_endpoint,
                     reason,
                 } => {
-                    return self
+                    match self
                         .request_approval(
                             &call,
                             &view,
@@ -677,9 +731,23 @@ where
                             proposed_tier,
                             proposed_endpoint,
                             reason,
+                            session.as_ref(),
                             now,
                         )
-                        .await;
+                        .await
+                    {
+                        Gate::Proceed(tier) if approved_to.is_none_or(|a| a < tier) => {
+                            approved_to = Some(tier);
+                        }
+                        Gate::Proceed(_) => {
+                            return CallResult::Rejected(Rejection {
+                                kind: RejectKind::Policy,
+                                reason: Some(reason),
+                                message: "the approved switch could not be made".into(),
+                            });
+                        }
+                        Gate::End(result) => return *result,
+                    }
                 }
                 Decision::Suspend { reason, retry_at } => {
                     return self
@@ -901,7 +969,6 @@ where
                 if s.tier.is_none_or(|(t, _)| t != tier) {
                     s.tier = Some((tier, now));
                 }
-                s.pending = None;
             });
         }
         let served = ServedBy {
@@ -1001,6 +1068,22 @@ where
         now: Timestamp,
     ) -> CallResult<O> {
         let message = reason.to_string();
+        self.suspend_with(call, view, catalog, session, reason, message, retry_at, now)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn suspend_with(
+        &self,
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        catalog: &Catalog,
+        session: Option<&SessionState>,
+        reason: Reason,
+        message: String,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> CallResult<O> {
         let Some(sid) = &call.session else {
             let ev = Self::event(
                 call,
@@ -1072,6 +1155,13 @@ where
         self.inner.sessions.update(sid, |s| {
             s.suspended = Some((token.clone(), retry_at, message.clone()));
         });
+        if let Some(w) = &call.workflow {
+            let mut wfs = self.inner.workflows.lock();
+            let st = wfs.entry(w.clone()).or_default();
+            if st.suspended.is_none() {
+                st.suspended = Some((message.clone(), retry_at));
+            }
+        }
         if view.suspension.as_ref().is_some_and(|s| s.notify)
             || view.notification == Notification::Realtime
         {
@@ -1090,6 +1180,9 @@ where
         }
     }
 
+    /// Looks the router's ticket up in the shared approval store: a new request is stored,
+    /// audited and notified; a granted one lets the switch proceed; a denied or expired one ends
+    /// the call as the policy's `on_approval_timeout` says.
     #[allow(clippy::too_many_arguments)]
     async fn request_approval(
         &self,
@@ -1101,35 +1194,31 @@ where
         proposed_tier: u32,
         proposed_endpoint: crate::catalog::EndpointIdx,
         reason: Reason,
+        session: Option<&SessionState>,
         now: Timestamp,
-    ) -> CallResult<O> {
+    ) -> Gate<O> {
+        let store = &self.inner.approvals;
         let message = reason.to_string();
         let endpoint = catalog
             .try_endpoint(proposed_endpoint)
             .map_or_else(|| EndpointId::new("?"), |e| e.id.clone());
-        let expires_at = now.saturating_add(view.approval_timeout);
-        let is_new = {
-            let mut approvals = self.inner.approvals.lock();
-            match approvals.get(&ticket) {
-                Some(p) if p.state == ApprovalState::Pending => false,
-                _ => {
-                    approvals.insert(
-                        ticket,
-                        PendingApproval {
-                            ticket,
-                            tenant: call.tenant.clone(),
-                            session: call.session.clone(),
-                            from: current,
-                            to: proposed_tier,
-                            expires_at,
-                            state: ApprovalState::Pending,
-                        },
-                    );
-                    true
-                }
-            }
+        let request = PendingApproval {
+            ticket,
+            tenant: call.tenant.clone(),
+            session: call.session.clone(),
+            from: current,
+            to: proposed_tier,
+            requested_at: now,
+            expires_at: now.saturating_add(view.approval_timeout),
+            state: ApprovalState::Pending,
+            answered_by: None,
         };
-        if is_new {
+        let (stored, inserted) = match store.insert_if_absent(request).await {
+            Ok(p) => p,
+            Err(e) => return Gate::End(Box::new(CallResult::Rejected(store_error(&e)))),
+        };
+        let mut state = stored.state;
+        if inserted {
             let mut ev = Self::event(
                 call,
                 view,
@@ -1137,7 +1226,7 @@ where
                 AuditEventKind::ApprovalRequested {
                     from: tier_at(view, catalog, current, None),
                     proposed: tier_at(view, catalog, proposed_tier, Some(proposed_endpoint)),
-                    expires_at: Some(expires_at),
+                    expires_at: Some(stored.expires_at),
                 },
             )
             .approval(ticket.to_string());
@@ -1145,7 +1234,7 @@ where
                 ev = ev.trigger(t.record(catalog));
             }
             if let Err(r) = self.record(ev).await {
-                return CallResult::Rejected(r);
+                return Gate::End(Box::new(CallResult::Rejected(r)));
             }
             self.notify(
                 call,
@@ -1157,103 +1246,80 @@ where
                 now,
             )
             .await;
+        } else if state == ApprovalState::Pending && now >= stored.expires_at {
+            match store.answer(ticket, ApprovalState::Expired, None).await {
+                Ok(Ok(p)) => {
+                    state = p.state;
+                    let mut ev = Self::event(call, view, now, AuditEventKind::ApprovalExpired {})
+                        .approval(ticket.to_string());
+                    if let Some(t) = reason.triggers.first() {
+                        ev = ev.trigger(t.record(catalog));
+                    }
+                    if let Err(r) = self.record(ev).await {
+                        return Gate::End(Box::new(CallResult::Rejected(r)));
+                    }
+                }
+                Ok(Err(p)) => state = p.state,
+                Err(e) => return Gate::End(Box::new(CallResult::Rejected(store_error(&e)))),
+            }
         }
-        if let Some(sid) = &call.session {
-            self.inner
-                .sessions
-                .update(sid, |s| s.pending = Some(ticket));
-        }
-        CallResult::AwaitingApproval {
-            ticket,
-            proposed_tier,
-            proposed_endpoint: endpoint,
-            reason: message,
-        }
-    }
-
-    /// Decides what a call of a session with a pending approval does.
-    async fn approval_gate(
-        &self,
-        call: &Call<P>,
-        ticket: ApprovalTicket,
-        now: Timestamp,
-    ) -> Gate<O> {
-        let pending = self.inner.approvals.lock().get(&ticket).cloned();
-        let Some(mut p) = pending else {
-            return Gate::Proceed(None);
-        };
-        if p.state == ApprovalState::Pending && now >= p.expires_at {
-            self.expire(&mut p, now).await;
-        }
-        match p.state {
-            ApprovalState::Pending => Gate::Proceed(None),
-            ApprovalState::Granted => Gate::Proceed(Some(p.to)),
+        match state {
+            ApprovalState::Granted => Gate::Proceed(stored.to),
+            ApprovalState::Pending => Gate::End(Box::new(CallResult::AwaitingApproval {
+                ticket,
+                proposed_tier,
+                proposed_endpoint: endpoint,
+                reason: message,
+            })),
             ApprovalState::Denied | ApprovalState::Expired => {
-                let set = self.inner.policies.current();
-                let (denied, kind) = if p.state == ApprovalState::Denied {
+                let (word, kind) = if state == ApprovalState::Denied {
                     ("denied", RejectKind::ApprovalDenied)
                 } else {
-                    ("expired", RejectKind::ApprovalExpired)
+                    ("not approved in time", RejectKind::ApprovalExpired)
                 };
-                if let Some(sid) = &call.session {
-                    self.inner.sessions.update(sid, |s| s.pending = None);
-                }
-                let suspend = set
-                    .tenant(call.tenant.as_str())
-                    .map(|tp| {
-                        let v = tp.view(call.task.as_str());
-                        v.on_approval_timeout == Exhausted::Suspend && v.suspension.is_some()
-                    })
-                    .unwrap_or(false);
-                if suspend {
-                    if let Ok(tp) = set.tenant(call.tenant.as_str()) {
-                        let view = Arc::clone(tp.view(call.task.as_str()));
-                        let session = call.session.as_ref().map(|s| self.inner.sessions.get(s));
-                        let reason = Reason {
-                            kind: ReasonKind::ApprovalRequired,
-                            triggers: Default::default(),
-                        };
-                        return Gate::End(Box::new(
-                            self.suspend(
-                                call,
-                                &view,
-                                set.catalog(),
-                                session.as_ref(),
-                                reason,
-                                None,
-                                now,
-                            )
+                let why =
+                    format!("the switch to tier {proposed_tier} was {word} (ticket {ticket})");
+                if view.on_approval_timeout == Exhausted::Suspend && view.suspension.is_some() {
+                    let reason = Reason {
+                        kind: ReasonKind::ApprovalRequired,
+                        triggers: reason.triggers,
+                    };
+                    return Gate::End(Box::new(
+                        self.suspend_with(call, view, catalog, session, reason, why, None, now)
                             .await,
-                        ));
-                    }
+                    ));
+                }
+                let ev = Self::event(
+                    call,
+                    view,
+                    now,
+                    AuditEventKind::Rejection {
+                        reason: why.clone(),
+                    },
+                )
+                .approval(ticket.to_string());
+                if let Err(r) = self.record(ev).await {
+                    return Gate::End(Box::new(CallResult::Rejected(r)));
                 }
                 Gate::End(Box::new(CallResult::Rejected(Rejection {
                     kind,
-                    reason: None,
-                    message: format!("the switch to tier {} was {denied} (ticket {ticket})", p.to),
+                    reason: Some(reason),
+                    message: why,
                 })))
             }
         }
     }
 
-    async fn expire(&self, p: &mut PendingApproval, now: Timestamp) {
-        p.state = ApprovalState::Expired;
-        self.inner.approvals.lock().insert(p.ticket, p.clone());
-        let mut ev = AuditEvent::new(now, AuditEventKind::ApprovalExpired {})
-            .tenant(p.tenant.clone())
-            .approval(p.ticket.to_string());
-        if let Some(s) = &p.session {
-            ev = ev.session(s.clone());
-        }
-        let _ = self.inner.audit.append(ev).await;
-    }
-
-    /// Approves a pending switch: the session's next call makes it.
+    /// Approves a pending switch: the session's next call makes it (on any replica sharing the
+    /// approval store).
     ///
     /// # Errors
-    /// [`EngineError::UnknownTicket`] or [`EngineError::TicketNotPending`]; an audit error.
+    /// [`EngineError::UnknownTicket`] or [`EngineError::TicketNotPending`]; a store or audit
+    /// error.
     pub async fn approve(&self, ticket: ApprovalTicket, approver: &str) -> Result<(), Error> {
-        let p = self.answer(ticket, ApprovalState::Granted)?;
+        let p = self
+            .answer(ticket, ApprovalState::Granted, approver)
+            .await?;
         let mut ev = AuditEvent::new(
             self.inner.clock.now(),
             AuditEventKind::ApprovalGranted {
@@ -1264,10 +1330,6 @@ where
         .approval(ticket.to_string());
         if let Some(s) = &p.session {
             ev = ev.session(s.clone());
-            let to = p.to;
-            self.inner.sessions.update(s, |st| {
-                st.approved_to = Some(st.approved_to.map_or(to, |a| a.max(to)))
-            });
         }
         self.inner.audit.append(ev).await?;
         Ok(())
@@ -1284,7 +1346,7 @@ where
         approver: &str,
         reason: Option<&str>,
     ) -> Result<(), Error> {
-        let p = self.answer(ticket, ApprovalState::Denied)?;
+        let p = self.answer(ticket, ApprovalState::Denied, approver).await?;
         let mut ev = AuditEvent::new(
             self.inner.clock.now(),
             AuditEventKind::ApprovalDenied {
@@ -1301,67 +1363,70 @@ where
         Ok(())
     }
 
-    fn answer(
+    async fn answer(
         &self,
         ticket: ApprovalTicket,
         to: ApprovalState,
+        by: &str,
     ) -> Result<PendingApproval, EngineError> {
         let now = self.inner.clock.now();
-        let mut approvals = self.inner.approvals.lock();
-        let p = approvals
-            .get_mut(&ticket)
-            .ok_or(EngineError::UnknownTicket {
-                ticket: ticket.to_string(),
-            })?;
-        if p.state != ApprovalState::Pending || now >= p.expires_at {
+        let store = &self.inner.approvals;
+        let current = store.get(ticket).await?.ok_or(EngineError::UnknownTicket {
+            ticket: ticket.to_string(),
+        })?;
+        if current.state == ApprovalState::Pending && now >= current.expires_at {
+            let _ = store.answer(ticket, ApprovalState::Expired, None).await?;
             return Err(EngineError::TicketNotPending {
                 ticket: ticket.to_string(),
-                state: format!(
-                    "{:?}",
-                    if now >= p.expires_at && p.state == ApprovalState::Pending {
-                        ApprovalState::Expired
-                    } else {
-                        p.state
-                    }
-                )
-                .to_lowercase(),
+                state: "expired".into(),
             });
         }
-        p.state = to;
-        Ok(p.clone())
+        match store.answer(ticket, to, Some(by.to_string())).await? {
+            Ok(p) => Ok(p),
+            Err(p) => Err(EngineError::TicketNotPending {
+                ticket: ticket.to_string(),
+                state: format!("{:?}", p.state).to_lowercase(),
+            }),
+        }
     }
 
-    /// Expires every pending approval past its deadline (also done lazily on the session's next
-    /// call); returns how many expired.
-    pub async fn expire_approvals(&self) -> usize {
+    /// Expires every pending approval past its deadline and audits each (also done when the
+    /// session calls again); returns how many expired.
+    ///
+    /// # Errors
+    /// A store or audit error.
+    pub async fn expire_approvals(&self) -> Result<usize, Error> {
         let now = self.inner.clock.now();
-        let due: Vec<PendingApproval> = self
-            .inner
-            .approvals
-            .lock()
-            .values()
-            .filter(|p| p.state == ApprovalState::Pending && now >= p.expires_at)
-            .cloned()
-            .collect();
-        for mut p in due.iter().cloned() {
-            self.expire(&mut p, now).await;
+        let mut n = 0;
+        for p in self.inner.approvals.pending().await? {
+            if now < p.expires_at {
+                continue;
+            }
+            if let Ok(p) = self
+                .inner
+                .approvals
+                .answer(p.ticket, ApprovalState::Expired, None)
+                .await?
+            {
+                n += 1;
+                let mut ev = AuditEvent::new(now, AuditEventKind::ApprovalExpired {})
+                    .tenant(p.tenant.clone())
+                    .approval(p.ticket.to_string());
+                if let Some(s) = &p.session {
+                    ev = ev.session(s.clone());
+                }
+                self.inner.audit.append(ev).await?;
+            }
         }
-        due.len()
+        Ok(n)
     }
 
     /// The approvals waiting for a human.
-    #[must_use]
-    pub fn pending_approvals(&self) -> Vec<PendingApproval> {
-        let mut v: Vec<PendingApproval> = self
-            .inner
-            .approvals
-            .lock()
-            .values()
-            .filter(|p| p.state == ApprovalState::Pending)
-            .cloned()
-            .collect();
-        v.sort_by_key(|p| p.ticket);
-        v
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>, Error> {
+        Ok(self.inner.approvals.pending().await?)
     }
 
     /// Resumes a suspended session: exactly one caller (or replica) wins, through the
@@ -1427,6 +1492,7 @@ where
                 ..SessionState::default()
             };
         });
+        self.inner.approvals.clear_session(session).await?;
         if let Some(n) = &self.inner.notifier {
             n.notify(Notice {
                 tenant: cp.tenant.clone(),
@@ -1492,6 +1558,145 @@ where
         Ok(out)
     }
 
+    /// Sets the deadline of a workflow: every call of its sub-agent sessions must finish by it
+    /// (the earlier of the call's own deadline and this one applies).
+    pub fn set_workflow_deadline(&self, workflow: &WorkflowId, deadline: Timestamp) {
+        self.inner
+            .workflows
+            .lock()
+            .entry(workflow.clone())
+            .or_default()
+            .deadline = Some(deadline);
+    }
+
+    /// Whether a workflow is suspended (one of its sessions was, so all of them are).
+    #[must_use]
+    pub fn workflow_suspended(&self, workflow: &WorkflowId) -> bool {
+        self.inner
+            .workflows
+            .lock()
+            .get(workflow)
+            .is_some_and(|w| w.suspended.is_some())
+    }
+
+    /// Resumes every suspended session of a tenant's workflow together, and lifts the
+    /// workflow's suspension. Each session is resumed exactly once (compare-and-swap); sessions
+    /// another replica resumed first are skipped.
+    ///
+    /// # Errors
+    /// A checkpoint store or audit error (sessions resumed before it stay resumed).
+    pub async fn resume_workflow(
+        &self,
+        tenant: &TenantId,
+        workflow: &WorkflowId,
+    ) -> Result<Vec<Resumed>, Error> {
+        let list = self
+            .inner
+            .checkpoints
+            .list(
+                tenant,
+                &ListFilter::all()
+                    .suspended_only()
+                    .workflow(workflow.clone()),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for s in list.sessions {
+            let Some(susp) = s.suspended else { continue };
+            match self.resume(&s.session, &susp.resume_token).await {
+                Ok(r) => out.push(r),
+                Err(Error::Engine(EngineError::NotSuspended { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(w) = self.inner.workflows.lock().get_mut(workflow) {
+            w.suspended = None;
+        }
+        Ok(out)
+    }
+
+    /// Endpoints whose breakers wait for a probe (open wait over, or half-open with permits
+    /// left): run [`Engine::probe`] on them with a cheap request instead of risking a real
+    /// user's call on a recovering provider.
+    #[must_use]
+    pub fn probes_due(&self) -> Vec<EndpointId> {
+        let now = self.inner.clock.now();
+        let set = self.inner.policies.current();
+        let view = crate::trigger::TenantTriggers::default();
+        set.catalog()
+            .endpoints()
+            .iter()
+            .filter(|e| {
+                set.catalog().index_of(e.id.as_str()).is_some_and(|i| {
+                    matches!(
+                        self.inner.evaluator.check(i, &view, now),
+                        Ok(crate::trigger::Verdict::ProbeOnly(_))
+                    )
+                })
+            })
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// Sends a caller-defined cheap probe request to a recovering endpoint with one of its
+    /// half-open permits, and feeds the result to its breaker like any other observation.
+    /// Returns the outcome class, or `None` when no permit was free (or none was needed).
+    ///
+    /// # Errors
+    /// [`Error::Trigger`] for an endpoint id not in the catalog.
+    pub async fn probe(
+        &self,
+        endpoint: &EndpointId,
+        payload: P,
+    ) -> Result<Option<OutcomeClass>, Error> {
+        let inner = &*self.inner;
+        let set = inner.policies.current();
+        let idx = set.catalog().index_of(endpoint.as_str()).ok_or_else(|| {
+            crate::error::TriggerError::UnknownEndpoint {
+                endpoint: crate::catalog::EndpointIdx(u32::MAX),
+                len: set.catalog().len(),
+            }
+        })?;
+        let now = inner.clock.now();
+        let permit = match inner.evaluator.try_acquire_probe(idx, now)? {
+            crate::trigger::Probe::Granted(p) => p,
+            _ => return Ok(None),
+        };
+        let ep = set.catalog().endpoint(idx);
+        let request = ModelRequest {
+            endpoint: ep.id.clone(),
+            endpoint_idx: idx,
+            model: ep.model.clone(),
+            deadline: None,
+            payload,
+            attempt: 0,
+            probe: true,
+            fit_context: false,
+            context_window: ep.capabilities.context_window,
+        };
+        let started = inner.clock.now();
+        let result = inner.client.call(request).await;
+        let finished = inner.clock.now();
+        let platform = TenantId::new("downshift-probe");
+        let (class, c) = match &result {
+            Ok(_) => (OutcomeClass::Ok, None),
+            Err(e) => (e.class(), Some(&e.classification)),
+        };
+        let mut obs = Observation::new(
+            idx,
+            &platform,
+            class,
+            started,
+            finished.duration_since(started),
+        )
+        .probe(permit);
+        if let Some(c) = c {
+            obs = obs.classified(c);
+        }
+        inner.evaluator.observe(&obs, finished)?;
+        Ok(Some(class))
+    }
+
     /// Validates `sources` whole and, if valid, makes them the active policy set, recording the
     /// activation in the audit log. A rejected set leaves the old one active.
     ///
@@ -1517,8 +1722,16 @@ where
 }
 
 enum Gate<O> {
-    Proceed(Option<u32>),
+    Proceed(u32),
     End(Box<CallResult<O>>),
+}
+
+fn store_error(e: &EngineError) -> Rejection {
+    Rejection {
+        kind: RejectKind::Durability,
+        reason: None,
+        message: format!("the approval store could not be used, so the switch was not made: {e}"),
+    }
 }
 
 fn durability(e: CheckpointError) -> Rejection {
