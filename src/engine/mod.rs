@@ -56,7 +56,10 @@ pub use client::{
     Sleeper, TokenUsage,
 };
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
-pub use shared::{ApprovalState, ApprovalStore, MemoryApprovalStore, PendingApproval};
+pub use shared::{
+    ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
+    PendingApproval, SharedHealthRecord,
+};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Requirements};
@@ -228,6 +231,9 @@ struct Inner<P, O> {
     sleeper: Arc<dyn Sleeper>,
     sessions: Sessions,
     approvals: Arc<dyn ApprovalStore>,
+    exchange: Option<Arc<dyn HealthExchange>>,
+    replica: String,
+    freshness: Duration,
     workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
     retry_budget: budget::RetryBudget,
     seed: u64,
@@ -271,6 +277,9 @@ pub struct EngineBuilder<P, O> {
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     audit: Option<Arc<dyn AuditSink>>,
     approvals: Option<Arc<dyn ApprovalStore>>,
+    exchange: Option<Arc<dyn HealthExchange>>,
+    replica: Option<String>,
+    freshness: Duration,
     notifier: Option<Arc<dyn Notifier>>,
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
@@ -309,6 +318,25 @@ where
     /// The approval tickets, shared with other replicas (default: in memory).
     pub fn approvals(mut self, store: Arc<dyn ApprovalStore>) -> Self {
         self.approvals = Some(store);
+        self
+    }
+
+    /// Shares endpoint health and half-open probe slots with other replicas through
+    /// `exchange` (call [`Engine::sync_health`] periodically, e.g. every second).
+    pub fn health_exchange(mut self, exchange: Arc<dyn HealthExchange>) -> Self {
+        self.exchange = Some(exchange);
+        self
+    }
+
+    /// This replica's name in the health exchange (default: `replica-<seed>`).
+    pub fn replica(mut self, name: impl Into<String>) -> Self {
+        self.replica = Some(name.into());
+        self
+    }
+
+    /// How old another replica's health record may be and still count (default 30 s).
+    pub fn health_freshness(mut self, freshness: Duration) -> Self {
+        self.freshness = freshness;
         self
     }
 
@@ -374,6 +402,11 @@ where
                 approvals: self
                     .approvals
                     .unwrap_or_else(|| Arc::new(MemoryApprovalStore::new())),
+                exchange: self.exchange,
+                replica: self
+                    .replica
+                    .unwrap_or_else(|| format!("replica-{}", self.seed)),
+                freshness: self.freshness,
                 workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
@@ -429,6 +462,9 @@ where
             checkpoints: None,
             audit: None,
             approvals: None,
+            exchange: None,
+            replica: None,
+            freshness: Duration::from_secs(30),
             notifier: None,
             clock: None,
             sleeper: None,
@@ -829,6 +865,26 @@ where
                 "endpoint missing from the catalog",
             ));
         };
+        // Half-open probes are limited platform-wide: claim a slot from the other replicas.
+        if let (Some(permit), Some(x)) = (route.probe, &inner.exchange) {
+            let limit = inner
+                .policies
+                .current()
+                .evaluator_settings()
+                .half_open
+                .probes;
+            if !x
+                .claim_probe(&ep.id, self.probe_round(route.endpoint, now), limit)
+                .await
+                .unwrap_or(false)
+            {
+                let _ = inner.evaluator.release_probe(permit, now);
+                return Err(ModelError::of(
+                    OutcomeClass::Overloaded,
+                    "another replica holds the platform-wide probe slots",
+                ));
+            }
+        }
         let started = inner.clock.now();
         let request = ModelRequest {
             endpoint: ep.id.clone(),
@@ -1652,9 +1708,8 @@ where
         let inner = &*self.inner;
         let set = inner.policies.current();
         let idx = set.catalog().index_of(endpoint.as_str()).ok_or_else(|| {
-            crate::error::TriggerError::UnknownEndpoint {
-                endpoint: crate::catalog::EndpointIdx(u32::MAX),
-                len: set.catalog().len(),
+            EngineError::UnknownEndpoint {
+                endpoint: endpoint.clone(),
             }
         })?;
         let now = inner.clock.now();
@@ -1663,6 +1718,16 @@ where
             _ => return Ok(None),
         };
         let ep = set.catalog().endpoint(idx);
+        if let Some(x) = &inner.exchange {
+            let limit = set.evaluator_settings().half_open.probes;
+            if !x
+                .claim_probe(&ep.id, self.probe_round(idx, now), limit)
+                .await?
+            {
+                inner.evaluator.release_probe(permit, now)?;
+                return Ok(None);
+            }
+        }
         let request = ModelRequest {
             endpoint: ep.id.clone(),
             endpoint_idx: idx,
@@ -1695,6 +1760,60 @@ where
         }
         inner.evaluator.observe(&obs, finished)?;
         Ok(Some(class))
+    }
+
+    /// The key of an endpoint's current recovery round, the same on every replica that synced
+    /// its health: the second its last open wait ended.
+    fn probe_round(&self, endpoint: crate::catalog::EndpointIdx, now: Timestamp) -> u64 {
+        self.inner
+            .evaluator
+            .health(endpoint, now)
+            .ok()
+            .and_then(|h| h.last_trip)
+            .and_then(|t| t.until)
+            .map_or(0, |t| t.as_millis() / 1000)
+    }
+
+    /// Exchanges endpoint health with the other replicas: publishes this replica's view of every
+    /// endpoint and merges theirs (records older than the freshness bound are ignored; the more
+    /// pessimistic state and the later "not before" win). Returns how many endpoints changed.
+    /// Without a health exchange it does nothing.
+    ///
+    /// # Errors
+    /// An exchange error.
+    pub async fn sync_health(&self) -> Result<usize, Error> {
+        let inner = &*self.inner;
+        let Some(x) = &inner.exchange else {
+            return Ok(0);
+        };
+        let now = inner.clock.now();
+        let set = inner.policies.current();
+        let catalog = set.catalog();
+        let mut records = Vec::with_capacity(catalog.len());
+        for (i, e) in catalog.endpoints().iter().enumerate() {
+            let idx = crate::catalog::EndpointIdx(u32::try_from(i).unwrap_or(u32::MAX));
+            if let Ok(health) = inner.evaluator.shared_health(idx, now) {
+                records.push(SharedHealthRecord {
+                    replica: inner.replica.clone(),
+                    endpoint: e.id.clone(),
+                    taken_at: now,
+                    health,
+                });
+            }
+        }
+        x.publish(records).await?;
+        let mut changed = 0;
+        for r in x.fetch(&inner.replica).await? {
+            if now.duration_since(r.taken_at) > inner.freshness {
+                continue;
+            }
+            if let Some(idx) = catalog.index_of(r.endpoint.as_str()) {
+                if inner.evaluator.merge_shared(idx, &r.health, now)? {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Validates `sources` whole and, if valid, makes them the active policy set, recording the

@@ -161,3 +161,90 @@ impl ApprovalStore for MemoryApprovalStore {
         Ok(())
     }
 }
+
+/// One replica's view of one endpoint, as published to a [`HealthExchange`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedHealthRecord {
+    /// The replica that published it.
+    pub replica: String,
+    /// The endpoint.
+    pub endpoint: crate::id::EndpointId,
+    /// When the replica took it.
+    pub taken_at: Timestamp,
+    /// The health.
+    pub health: crate::trigger::SharedHealth,
+}
+
+/// Endpoint health and half-open probe slots shared between replicas.
+///
+/// Contract: `publish` replaces the replica's previous records (last write wins per replica and
+/// endpoint); `fetch` returns the latest record of every *other* replica (stale ones are
+/// ignored by the engine past its freshness bound, so the store need not expire them);
+/// `claim_probe` is atomic: across all replicas, at most `limit` claims succeed for one
+/// (endpoint, round). A table keyed by (replica, endpoint) and a counter row per (endpoint,
+/// round) with a conditional increment satisfy it.
+#[async_trait]
+pub trait HealthExchange: Send + Sync + fmt::Debug {
+    /// Publishes this replica's records.
+    async fn publish(&self, records: Vec<SharedHealthRecord>) -> Result<(), EngineError>;
+    /// The latest records of every replica but `replica`.
+    async fn fetch(&self, replica: &str) -> Result<Vec<SharedHealthRecord>, EngineError>;
+    /// Claims one of `limit` probe slots of an endpoint's recovery round.
+    async fn claim_probe(
+        &self,
+        endpoint: &crate::id::EndpointId,
+        round: u64,
+        limit: u32,
+    ) -> Result<bool, EngineError>;
+}
+
+/// A health exchange in memory (replicas in one process, and tests).
+#[derive(Debug, Default)]
+pub struct MemoryHealthExchange {
+    records: Mutex<HashMap<(String, crate::id::EndpointId), SharedHealthRecord>>,
+    claims: Mutex<HashMap<(crate::id::EndpointId, u64), u32>>,
+}
+
+impl MemoryHealthExchange {
+    /// An empty exchange.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl HealthExchange for MemoryHealthExchange {
+    async fn publish(&self, records: Vec<SharedHealthRecord>) -> Result<(), EngineError> {
+        let mut m = self.records.lock();
+        for r in records {
+            m.insert((r.replica.clone(), r.endpoint.clone()), r);
+        }
+        Ok(())
+    }
+
+    async fn fetch(&self, replica: &str) -> Result<Vec<SharedHealthRecord>, EngineError> {
+        Ok(self
+            .records
+            .lock()
+            .values()
+            .filter(|r| r.replica != replica)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim_probe(
+        &self,
+        endpoint: &crate::id::EndpointId,
+        round: u64,
+        limit: u32,
+    ) -> Result<bool, EngineError> {
+        let mut c = self.claims.lock();
+        let n = c.entry((endpoint.clone(), round)).or_insert(0);
+        if *n >= limit {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
+    }
+}

@@ -28,7 +28,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::breaker::{BreakerConfig, BreakerCore, BreakerEvent, BreakerMode, BreakerState, Probe};
+use super::breaker::{
+    BreakerConfig, BreakerCore, BreakerEvent, BreakerMode, BreakerState, Probe, ProbePermit,
+};
 use super::budget::{BudgetStore, Evicted, Spend};
 use super::latency::LatencyWindow;
 use super::observation::{Observation, ProviderSignal};
@@ -100,6 +102,20 @@ impl EvaluatorSettings {
             max_not_before: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// One endpoint's shared health as replicas exchange it: mergeable (the more pessimistic state
+/// and the later "not before" win).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedHealth {
+    /// The breaker state.
+    pub state: BreakerState,
+    /// Until when it is open, while open.
+    pub open_until: Option<Timestamp>,
+    /// Consecutive re-opens.
+    pub reopens: u32,
+    /// The provider's "not before", while in force.
+    pub not_before: Option<Timestamp>,
 }
 
 /// Whether an endpoint may serve a tenant's call now.
@@ -848,6 +864,88 @@ impl TriggerEvaluator {
         // An endpoint that never tripped has nothing to prove by probing.
         let by_probe = hot.closed_by_probe.load(ACQ) != 0 || hot.closed_since.load(ACQ) == 0;
         Ok(Some((Timestamp::from_millis(since), by_probe)))
+    }
+
+    /// This replica's view of an endpoint's shared health, to publish to other replicas
+    /// (see [`TriggerEvaluator::merge_shared`]).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn shared_health(
+        &self,
+        endpoint: EndpointIdx,
+        now: Timestamp,
+    ) -> Result<SharedHealth, TriggerError> {
+        let hot = &self.cell(endpoint)?.hot;
+        let now_ms = now.as_millis();
+        let state = BreakerState::from_u8(hot.state.load(ACQ));
+        let open_until = hot.open_until.load(ACQ);
+        let nb = hot.not_before.load(ACQ);
+        Ok(SharedHealth {
+            state,
+            open_until: (matches!(state, BreakerState::Open) && open_until > now_ms)
+                .then(|| Timestamp::from_millis(open_until)),
+            reopens: hot.reopens.load(ACQ),
+            not_before: (nb > now_ms).then(|| Timestamp::from_millis(nb)),
+        })
+    }
+
+    /// Merges another replica's view of an endpoint: the later "not before" wins, and an open
+    /// breaker elsewhere opens this replica's too, until the later of the two open waits (so
+    /// ten replicas do not each need their own failures to stop calling a failing provider).
+    /// A closed state elsewhere never closes this replica's breaker: the more pessimistic view
+    /// wins. Returns whether anything changed. The caller decides freshness (see the engine's
+    /// health exchange).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn merge_shared(
+        &self,
+        endpoint: EndpointIdx,
+        remote: &SharedHealth,
+        now: Timestamp,
+    ) -> Result<bool, TriggerError> {
+        let cell = self.cell(endpoint)?;
+        let hot = &cell.hot;
+        let now_ms = now.as_millis();
+        let mut changed = false;
+        if let Some(nb) = remote.not_before {
+            let nb = nb
+                .as_millis()
+                .min(now_ms.saturating_add(self.max_not_before));
+            if hot.not_before.fetch_max(nb, Ordering::AcqRel) < nb {
+                changed = true;
+            }
+        }
+        if let Some(until) = remote.open_until {
+            let mut inner = cell.inner.lock();
+            let t = Trigger::new(TriggerKind::BreakerOpen, f64::from(remote.reopens), 0.0);
+            if inner.breaker.adopt_open(
+                until
+                    .as_millis()
+                    .min(now_ms.saturating_add(self.max_not_before)),
+                remote.reopens,
+                now_ms,
+                t,
+                &mut |e| self.emit(e),
+            ) {
+                changed = true;
+            }
+            self.publish(hot, &inner);
+        }
+        Ok(changed)
+    }
+
+    /// Gives back an unused probe permit (another replica took the platform-wide probe slot).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn release_probe(&self, permit: ProbePermit, _now: Timestamp) -> Result<(), TriggerError> {
+        let cell = self.cell(permit.endpoint)?;
+        let mut inner = cell.inner.lock();
+        inner.breaker.release(permit);
+        self.publish(&cell.hot, &inner);
+        Ok(())
     }
 
     /// Asks for one of the half-open probe permits of a recovering endpoint, shared by every
