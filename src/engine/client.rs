@@ -80,6 +80,21 @@ pub struct ModelError {
 }
 
 impl ModelError {
+    /// An error classified from a provider's HTTP status, headers and body (see
+    /// [`classify_http`](crate::trigger::classify_http)).
+    #[must_use]
+    pub fn from_http(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
+        let classification = crate::trigger::classify_http(status, headers, body);
+        ModelError {
+            message: format!(
+                "HTTP {status}: {} ({})",
+                classification.class, classification.rule
+            ),
+            classification,
+            usage: TokenUsage::default(),
+        }
+    }
+
     /// An error of the given class with no provider detail.
     #[must_use]
     pub fn of(class: OutcomeClass, message: impl Into<String>) -> Self {
@@ -87,9 +102,8 @@ impl ModelError {
             classification: Classification {
                 class,
                 retryable: class.is_capacity(),
-                retry_after: None,
-                reset_at: None,
-                rate_limit: None,
+                rule: "caller",
+                ..Classification::default()
             },
             message: message.into(),
             usage: TokenUsage::default(),
