@@ -40,6 +40,7 @@
 mod budget;
 mod client;
 mod result;
+mod stream;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -51,10 +52,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use client::{
-    ModelClient, ModelError, ModelRequest, ModelResponse, NoSleep, Notice, NoticeKind, Notifier,
-    Sleeper, TokenUsage,
+    Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
+    NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
 };
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
+pub use stream::{
+    EventStream, Interrupted, Segment, StreamCompleted, StreamEnd, StreamEvent, StreamOutcome,
+};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Requirements};
@@ -772,6 +776,7 @@ where
             probe: route.probe.is_some(),
             fit_context: route.fit_context,
             context_window: ep.capabilities.context_window,
+            continue_from: None,
         };
         let fut = inner.client.call(request);
         let result = match deadline {
@@ -825,18 +830,21 @@ where
         result
     }
 
+    /// Settles a served call: checkpoint and audit the tier change, notify, move the session.
+    /// Generic over the response so a finished stream (which has no single `O`) settles the
+    /// same way.
     #[allow(clippy::too_many_arguments)]
-    async fn complete(
+    async fn complete<R>(
         &self,
         call: &Call<P>,
         view: &ResolvedPolicy,
         catalog: &Catalog,
         route: &Route,
-        response: ModelResponse<O>,
+        response: ModelResponse<R>,
         session: Option<&SessionState>,
         attempts: &[Attempt],
         audit_seqs: &mut Vec<u64>,
-    ) -> CallResult<O> {
+    ) -> CallResult<R> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let top = view.top_tier().unwrap_or(0);
