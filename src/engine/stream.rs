@@ -73,9 +73,7 @@ use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
 use crate::id::EndpointId;
 use crate::policy::{MidStream, PolicySet, Replay, ResolvedPolicy};
-use crate::router::{
-    ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route,
-};
+use crate::router::{ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route};
 use crate::trigger::{Classification, Observation, OutcomeClass};
 
 /// What the caller of [`Engine::call_stream`] receives, in order: chunks (with a
@@ -592,8 +590,7 @@ where
                     }));
                 }
             };
-            if !self.attempts.is_empty() && !inner.retry_budget.try_retry(&view.retry.budget, now)
-            {
+            if !self.attempts.is_empty() && !inner.retry_budget.try_retry(&view.retry.budget, now) {
                 return Err(StreamOutcome::Rejected(Rejection {
                     kind: RejectKind::RetryBudget,
                     reason: Some(route.reason),
@@ -743,7 +740,12 @@ where
             StreamStop::Failed(e) => (e.class(), e.usage),
         };
         let usage = match open.usage {
-            Some(u) if u.input_tokens + u.output_tokens >= err_usage.input_tokens + err_usage.output_tokens => u,
+            Some(u)
+                if u.input_tokens + u.output_tokens
+                    >= err_usage.input_tokens + err_usage.output_tokens =>
+            {
+                u
+            }
             _ => err_usage,
         };
         let classification = match &stop {
