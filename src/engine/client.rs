@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Serialize;
 
 use crate::catalog::EndpointIdx;
@@ -35,6 +37,12 @@ pub struct ModelRequest<P> {
     pub fit_context: bool,
     /// The endpoint's context window, in tokens.
     pub context_window: u32,
+    /// Set only on a streamed call that continues an answer another endpoint started and
+    /// failed to finish (policy `continuity.mid_stream: continue`): the text streamed so far.
+    /// Send the original payload plus this as the beginning of the assistant's reply (an
+    /// assistant message to continue, or a provider's prefill), and stream only the new text:
+    /// the caller already has the partial output. `None` on every other call.
+    pub continue_from: Option<String>,
 }
 
 /// Tokens a call consumed.
@@ -71,8 +79,9 @@ impl<O> ModelResponse<O> {
 /// A failed call: what the provider said, classified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelError {
-    /// The classification (class, retryability, retry-after, rate-limit state).
-    pub classification: Classification,
+    /// The classification (class, retryability, retry-after, rate-limit state). Boxed so a
+    /// `Result<_, ModelError>` stays small.
+    pub classification: Box<Classification>,
     /// A short description for logs (never the prompt).
     pub message: String,
     /// Tokens consumed before the failure, if the provider reports them.
@@ -90,7 +99,7 @@ impl ModelError {
                 "HTTP {status}: {} ({})",
                 classification.class, classification.rule
             ),
-            classification,
+            classification: Box::new(classification),
             usage: TokenUsage::default(),
         }
     }
@@ -99,12 +108,12 @@ impl ModelError {
     #[must_use]
     pub fn of(class: OutcomeClass, message: impl Into<String>) -> Self {
         ModelError {
-            classification: Classification {
+            classification: Box::new(Classification {
                 class,
                 retryable: class.is_capacity(),
                 rule: "caller",
                 ..Classification::default()
-            },
+            }),
             message: message.into(),
             usage: TokenUsage::default(),
         }
@@ -123,6 +132,114 @@ impl std::fmt::Display for ModelError {
     }
 }
 
+/// Why a provider ended a streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model finished its answer (`stop`, `end_turn`, `stop_sequence`, `STOP`).
+    Stop,
+    /// The answer reached the output token limit (`length`, `max_tokens`, `MAX_TOKENS`): complete
+    /// as far as the provider is concerned, but cut by the limit the request set.
+    Length,
+    /// The model stopped to call tools (`tool_calls`, `tool_use`, `function_call`).
+    ToolCalls,
+    /// The provider's safety filter stopped the answer (`content_filter`, `SAFETY`, `refusal`...).
+    /// The engine does not treat this as a completion: it ends the stream as an interruption of
+    /// class [`OutcomeClass::ContentFiltered`].
+    ContentFilter,
+    /// Any other reason, as the provider spelled it.
+    Other(String),
+}
+
+impl FinishReason {
+    /// Reads the finish reason of the common providers (OpenAI-compatible `finish_reason`,
+    /// Anthropic `stop_reason`, Gemini `finishReason`).
+    ///
+    /// ```
+    /// use downshift::engine::FinishReason;
+    /// assert_eq!(FinishReason::parse("end_turn"), FinishReason::Stop);
+    /// assert_eq!(FinishReason::parse("MAX_TOKENS"), FinishReason::Length);
+    /// assert_eq!(FinishReason::parse("content_filter"), FinishReason::ContentFilter);
+    /// assert_eq!(FinishReason::parse("pause_turn"), FinishReason::Other("pause_turn".into()));
+    /// ```
+    #[must_use]
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "stop" | "end_turn" | "stop_sequence" | "eos" => FinishReason::Stop,
+            "length" | "max_tokens" | "model_length" => FinishReason::Length,
+            "tool_calls" | "tool_use" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" | "safety" | "refusal" | "recitation" | "blocklist"
+            | "prohibited_content" | "spii" => FinishReason::ContentFilter,
+            _ => FinishReason::Other(s.to_string()),
+        }
+    }
+}
+
+/// One piece of a streamed answer.
+///
+/// A stream is complete only once a chunk with [`finish`](Chunk::finish) set has arrived: a
+/// stream that ends without one was cut (the engine treats it as a failure of class
+/// [`OutcomeClass::ServerError`] with the output so far as partial output). For an
+/// OpenAI-compatible SSE client: one chunk per `data:` event, `text` from
+/// `choices[0].delta.content`, `finish` from `choices[0].finish_reason`, `usage` from the
+/// usage event, the raw event in `data` if the caller wants it; end the stream at `[DONE]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk<O> {
+    /// The text delta. The engine concatenates the deltas into the answer's text (the partial
+    /// output handed to [`ModelRequest::continue_from`] if the stream must be continued).
+    pub text: String,
+    /// Anything else the chunk carries, in the caller's own type (tool-call deltas, the raw
+    /// event), forwarded untouched. The default [`ModelClient::call_stream`] puts the whole
+    /// response here, in one final chunk.
+    pub data: Option<O>,
+    /// The call's token usage so far, when the provider reports it (cumulative: the last one
+    /// seen counts).
+    pub usage: Option<TokenUsage>,
+    /// Set on the chunk that ends the answer. Chunks may follow it (a trailing usage event);
+    /// a failure after it does not undo the completion.
+    pub finish: Option<FinishReason>,
+}
+
+impl<O> Chunk<O> {
+    /// A text delta.
+    pub fn delta(text: impl Into<String>) -> Self {
+        Chunk {
+            text: text.into(),
+            data: None,
+            usage: None,
+            finish: None,
+        }
+    }
+
+    /// A chunk carrying `data` and no text.
+    pub fn data(data: O) -> Self {
+        Chunk {
+            text: String::new(),
+            data: Some(data),
+            usage: None,
+            finish: None,
+        }
+    }
+
+    /// Marks this chunk as the end of the answer.
+    #[must_use]
+    pub fn finished(mut self, reason: FinishReason) -> Self {
+        self.finish = Some(reason);
+        self
+    }
+
+    /// With the usage so far.
+    #[must_use]
+    pub fn with_usage(mut self, usage: TokenUsage) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+}
+
+/// A stream of chunks from a provider. An `Err` item is a failure mid-answer (classify it as
+/// for a call); the stream should end after it.
+pub type ChunkStream<O> = BoxStream<'static, Result<Chunk<O>, ModelError>>;
+
 /// A provider client. Implement it for each provider (or one HTTP client for all); the engine
 /// decides which endpoint each call goes to and calls this.
 ///
@@ -133,6 +250,35 @@ pub trait ModelClient<P = serde_json::Value, O = serde_json::Value>: Send + Sync
     /// Makes one call. Return `Err` with a classification for every failure (use
     /// [`ModelError::from_http`] for HTTP providers).
     async fn call(&self, request: ModelRequest<P>) -> Result<ModelResponse<O>, ModelError>;
+
+    /// Opens a streamed call (used by [`Engine::call_stream`](super::Engine::call_stream)).
+    /// Return `Err` for a failure before the stream opens (an HTTP error status), as for
+    /// [`call`](ModelClient::call); then yield chunks as they arrive, `Err` for a failure
+    /// mid-answer, and [`Chunk::finish`] on the chunk that ends the answer.
+    ///
+    /// When [`ModelRequest::continue_from`] is set, the answer is being continued from another
+    /// endpoint's partial output: stream only the continuation.
+    ///
+    /// The default calls [`call`](ModelClient::call) and yields its output as one final chunk
+    /// (no text, the output in [`Chunk::data`], the usage, [`FinishReason::Stop`]), so a client
+    /// without streaming works unchanged.
+    ///
+    /// # Errors
+    /// A classified [`ModelError`] when the stream cannot be opened.
+    async fn call_stream(&self, request: ModelRequest<P>) -> Result<ChunkStream<O>, ModelError>
+    where
+        P: Send + 'static,
+        O: Send + 'static,
+    {
+        let response = self.call(request).await?;
+        let chunk = Chunk {
+            text: String::new(),
+            data: Some(response.output),
+            usage: Some(response.usage),
+            finish: Some(FinishReason::Stop),
+        };
+        Ok(futures::stream::once(futures::future::ready(Ok(chunk))).boxed())
+    }
 }
 
 /// What a [`Notifier`] is told.

@@ -41,6 +41,7 @@ mod budget;
 mod client;
 mod result;
 mod shared;
+mod stream;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -52,17 +53,20 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 pub use client::{
-    ModelClient, ModelError, ModelRequest, ModelResponse, NoSleep, Notice, NoticeKind, Notifier,
-    Sleeper, TokenUsage,
+    Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
+    NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
 };
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
     PendingApproval, SharedHealthRecord,
 };
+pub use stream::{
+    EventStream, Interrupted, Segment, StreamCompleted, StreamEnd, StreamEvent, StreamOutcome,
+};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
-use crate::catalog::{Catalog, Requirements};
+use crate::catalog::{Catalog, Endpoint, Requirements};
 use crate::checkpoint::{
     Checkpoint, CheckpointStore, ListFilter, MemoryCheckpointStore, ResumeToken, Suspended, TierAt,
 };
@@ -75,7 +79,7 @@ use crate::policy::{
 use crate::router::{
     ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route, TierRouter,
 };
-use crate::trigger::{Observation, OutcomeClass, TriggerEvaluator};
+use crate::trigger::{Classification, Observation, OutcomeClass, TriggerEvaluator};
 
 /// One call handed to the engine.
 #[derive(Debug, Clone)]
@@ -589,32 +593,32 @@ where
         e
     }
 
-    /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
-    /// [`CallResult`].
-    pub async fn call(&self, call: Call<P>) -> CallResult<O> {
+    /// The gates before routing: the session's state (from this replica or the checkpoint
+    /// store), a suspended session (it stays suspended until resumed), a suspended workflow
+    /// (its siblings are suspended at their next call, with their own state saved, so none
+    /// waits on an output that will never come), and the workflow's deadline.
+    async fn preflight(
+        &self,
+        call: &Call<P>,
+        start: Timestamp,
+    ) -> Result<Preflight, CallResult<O>> {
         let inner = &*self.inner;
-        let start = inner.clock.now();
         inner.retry_budget.record_call(start);
         let session = match &call.session {
             Some(s) => match self.session_state(s).await {
                 Ok(st) => Some(st),
-                Err(e) => return CallResult::Rejected(durability(e)),
+                Err(e) => return Err(CallResult::Rejected(durability(e))),
             },
             None => None,
         };
-
-        // A suspended session stays suspended until it is resumed.
         if let Some((token, retry_at, reason)) = session.as_ref().and_then(|s| s.suspended.clone())
         {
-            return CallResult::Suspended {
+            return Err(CallResult::Suspended {
                 resume_token: token,
                 retry_at,
                 reason,
-            };
+            });
         }
-        // A workflow suspends together: once one of its sessions is suspended, its siblings are
-        // suspended at their next call (with their own state saved), so none waits on an output
-        // that will never come.
         let workflow = call
             .workflow
             .as_ref()
@@ -631,9 +635,9 @@ where
                     triggers: Default::default(),
                 };
                 let message = format!("workflow `{w}` is suspended: {why}");
-                return self
+                return Err(self
                     .suspend_with(
-                        &call,
+                        call,
                         &view,
                         set.catalog(),
                         session.as_ref(),
@@ -642,37 +646,53 @@ where
                         retry_at,
                         start,
                     )
-                    .await;
+                    .await);
             }
         }
-        let workflow_deadline = workflow.and_then(|w| w.deadline);
+        Ok(Preflight {
+            start,
+            session,
+            workflow_deadline: workflow.and_then(|w| w.deadline),
+            approved_to: None,
+        })
+    }
 
-        let mut attempts: Vec<Attempt> = Vec::new();
-        let mut audit_seqs = Vec::new();
-        let mut approved_to: Option<u32> = None;
+    /// Routes the next attempt of a call. A `Route` comes back (with the policy view it was
+    /// decided under); every other decision is settled here — an approval looked up, requested
+    /// or (when granted) routed again, a suspension saved, a rejection audited — and ends the
+    /// call. A retry beyond the platform's retry budget ends it too.
+    async fn next_route(
+        &self,
+        call: &Call<P>,
+        pre: &mut Preflight,
+        attempts: &[Attempt],
+    ) -> Result<Routed, CallResult<O>> {
+        let inner = &*self.inner;
         loop {
             let now = inner.clock.now();
             let set = inner.policies.current();
             let Ok(tp) = set.tenant(call.tenant.as_str()) else {
-                return CallResult::Rejected(Rejection {
+                return Err(CallResult::Rejected(Rejection {
                     kind: RejectKind::Policy,
                     reason: Some(Reason {
                         kind: ReasonKind::UnknownTenant,
                         triggers: Default::default(),
                     }),
                     message: format!("unknown tenant `{}`", call.tenant),
-                });
+                }));
             };
             let view = Arc::clone(tp.view(call.task.as_str()));
             let mut ctx = CallContext::new(&call.tenant, &call.task)
                 .requirements(call.requirements)
                 .step_boundary(call.new_step && attempts.is_empty())
-                .attempts(&attempts);
-            let own = call
-                .deadline
-                .or_else(|| view.sla.default_deadline.map(|d| start.saturating_add(d)));
+                .attempts(attempts);
+            let own = call.deadline.or_else(|| {
+                view.sla
+                    .default_deadline
+                    .map(|d| pre.start.saturating_add(d))
+            });
             // The workflow's deadline bounds its sub-agents' calls.
-            if let Some(d) = match (own, workflow_deadline) {
+            if let Some(d) = match (own, pre.workflow_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             } {
@@ -684,71 +704,31 @@ where
             if let Some(w) = &call.workflow {
                 ctx = ctx.workflow(w);
             }
-            if let Some((tier, since)) = session.as_ref().and_then(|s| s.tier) {
+            if let Some((tier, since)) = pre.session.as_ref().and_then(|s| s.tier) {
                 ctx = ctx.on_tier(tier, since);
             }
-            if let Some(a) = approved_to {
+            if let Some(a) = pre.approved_to {
                 ctx = ctx.approved_to(a);
             }
             let deadline = ctx.deadline;
-            let decision = inner.router.route(&ctx, now);
-            match decision {
+            match inner.router.route(&ctx, now) {
                 Decision::Route(route) => {
                     if !attempts.is_empty()
                         && !inner.retry_budget.try_retry(&view.retry.budget, now)
                     {
-                        return CallResult::Rejected(Rejection {
+                        return Err(CallResult::Rejected(Rejection {
                             kind: RejectKind::RetryBudget,
                             reason: Some(route.reason),
                             message: "the platform's retry budget is spent: no further retry or fallback now".into(),
-                        });
+                        }));
                     }
-                    match self
-                        .attempt(
-                            &call,
-                            &view,
-                            set.catalog(),
-                            &route,
-                            deadline,
-                            &attempts,
-                            now,
-                        )
-                        .await
-                    {
-                        Ok(response) => {
-                            return self
-                                .complete(
-                                    &call,
-                                    &view,
-                                    set.catalog(),
-                                    &route,
-                                    response,
-                                    session.as_ref(),
-                                    &attempts,
-                                    &mut audit_seqs,
-                                )
-                                .await;
-                        }
-                        Err(e) => {
-                            if !e.class().is_capacity() {
-                                return CallResult::Rejected(Rejection {
-                                    kind: RejectKind::Provider { class: e.class() },
-                                    reason: None,
-                                    message: format!(
-                                        "{} refused the request ({}); it would fail the same way elsewhere, so it was not retried",
-                                        set.catalog()
-                                            .try_endpoint(route.endpoint)
-                                            .map_or("?", |x| x.id.as_str()),
-                                        e
-                                    ),
-                                });
-                            }
-                            attempts.push(Attempt {
-                                endpoint: route.endpoint,
-                                outcome: e.class(),
-                            });
-                        }
-                    }
+                    return Ok(Routed {
+                        route,
+                        view,
+                        set,
+                        deadline,
+                        now,
+                    });
                 }
                 Decision::AwaitApproval {
                     ticket,
@@ -759,7 +739,7 @@ where
                 } => {
                     match self
                         .request_approval(
-                            &call,
+                            call,
                             &view,
                             set.catalog(),
                             ticket,
@@ -767,156 +747,156 @@ where
                             proposed_tier,
                             proposed_endpoint,
                             reason,
-                            session.as_ref(),
+                            pre.session.as_ref(),
                             now,
                         )
                         .await
                     {
-                        Gate::Proceed(tier) if approved_to.is_none_or(|a| a < tier) => {
-                            approved_to = Some(tier);
+                        Gate::Proceed(tier) if pre.approved_to.is_none_or(|a| a < tier) => {
+                            pre.approved_to = Some(tier);
                         }
                         Gate::Proceed(_) => {
-                            return CallResult::Rejected(Rejection {
+                            return Err(CallResult::Rejected(Rejection {
                                 kind: RejectKind::Policy,
                                 reason: Some(reason),
                                 message: "the approved switch could not be made".into(),
-                            });
+                            }));
                         }
-                        Gate::End(result) => return *result,
+                        Gate::End(result) => return Err(*result),
                     }
                 }
                 Decision::Suspend { reason, retry_at } => {
-                    return self
+                    return Err(self
                         .suspend(
-                            &call,
+                            call,
                             &view,
                             set.catalog(),
-                            session.as_ref(),
+                            pre.session.as_ref(),
                             reason,
                             retry_at,
                             now,
                         )
-                        .await;
+                        .await);
                 }
                 Decision::Reject { reason } => {
                     let message = reason.to_string();
-                    let ev = Self::event(
-                        &call,
+                    let mut ev = Self::event(
+                        call,
                         &view,
                         now,
                         AuditEventKind::Rejection {
                             reason: message.clone(),
                         },
                     );
-                    let ev = match reason.triggers.first() {
-                        Some(t) => ev.trigger(t.record(set.catalog())),
-                        None => ev,
-                    };
-                    if let Err(r) = self.record(ev).await {
-                        return CallResult::Rejected(r);
+                    if let Some(t) = reason.triggers.first() {
+                        ev = ev.trigger(t.record(set.catalog()));
                     }
-                    return CallResult::Rejected(Rejection {
+                    if let Err(r) = self.record(ev).await {
+                        return Err(CallResult::Rejected(r));
+                    }
+                    return Err(CallResult::Rejected(Rejection {
                         kind: RejectKind::Policy,
                         reason: Some(reason),
                         message,
-                    });
+                    }));
                 }
             }
         }
     }
 
-    /// One attempt at a routed endpoint: backoff if retrying it, the call raced against the
-    /// deadline, and the observation.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
+    /// [`CallResult`].
+    pub async fn call(&self, call: Call<P>) -> CallResult<O> {
+        let start = self.inner.clock.now();
+        let mut pre = match self.preflight(&call, start).await {
+            Ok(p) => p,
+            Err(end) => return end,
+        };
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut audit_seqs = Vec::new();
+        loop {
+            let r = match self.next_route(&call, &mut pre, &attempts).await {
+                Ok(r) => r,
+                Err(end) => return end,
+            };
+            let catalog = r.set.catalog();
+            match self
+                .attempt(
+                    &call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
+                )
+                .await
+            {
+                Ok(response) => {
+                    return self
+                        .complete(
+                            &call,
+                            &r.view,
+                            catalog,
+                            &r.route,
+                            response,
+                            pre.session.as_ref(),
+                            &attempts,
+                            &mut audit_seqs,
+                        )
+                        .await;
+                }
+                Err(e) if !e.class().is_capacity() => {
+                    return CallResult::Rejected(refused(catalog, r.route.endpoint, &e));
+                }
+                Err(e) => attempts.push(Attempt {
+                    endpoint: r.route.endpoint,
+                    outcome: e.class(),
+                }),
+            }
+        }
+    }
+
+    /// How long to wait before retrying an endpoint already tried in this call (exponential,
+    /// capped, jittered), if the wait fits before the deadline.
+    fn backoff(
         &self,
-        call: &Call<P>,
         view: &ResolvedPolicy,
-        catalog: &Catalog,
         route: &Route,
         deadline: Option<Timestamp>,
         attempts: &[Attempt],
         now: Timestamp,
-    ) -> Result<ModelResponse<O>, ModelError> {
+    ) -> Option<Duration> {
         let inner = &*self.inner;
         let same = attempts
             .iter()
             .filter(|a| a.endpoint == route.endpoint)
             .count();
-        if same > 0 && inner.sleeper.keeps_time() {
-            let b = &view.retry.backoff;
-            let exp = b
-                .multiplier
-                .max(1.0)
-                .powi(i32::try_from(same - 1).unwrap_or(i32::MAX));
-            let base = b.initial.as_secs_f64() * exp;
-            let capped = base.min(b.max.as_secs_f64());
-            let r =
-                (splitmix(inner.seed ^ (same as u64) ^ now.as_millis()) % 10_000) as f64 / 10_000.0;
-            let wait = Duration::from_secs_f64(capped * (1.0 + b.jitter.clamp(0.0, 1.0) * r));
-            let fits = deadline.is_none_or(|d| now.saturating_add(wait) < d);
-            if fits {
-                inner.sleeper.sleep(wait).await;
-            }
+        if same == 0 || !inner.sleeper.keeps_time() {
+            return None;
         }
-        let Some(ep) = catalog.try_endpoint(route.endpoint) else {
-            return Err(ModelError::of(
-                OutcomeClass::BadRequest,
-                "endpoint missing from the catalog",
-            ));
-        };
-        // Half-open probes are limited platform-wide: claim a slot from the other replicas.
-        if let (Some(permit), Some(x)) = (route.probe, &inner.exchange) {
-            let limit = inner
-                .policies
-                .current()
-                .evaluator_settings()
-                .half_open
-                .probes;
-            if !x
-                .claim_probe(&ep.id, self.probe_round(route.endpoint, now), limit)
-                .await
-                .unwrap_or(false)
-            {
-                let _ = inner.evaluator.release_probe(permit, now);
-                return Err(ModelError::of(
-                    OutcomeClass::Overloaded,
-                    "another replica holds the platform-wide probe slots",
-                ));
-            }
-        }
-        let started = inner.clock.now();
-        let request = ModelRequest {
-            endpoint: ep.id.clone(),
-            endpoint_idx: route.endpoint,
-            model: ep.model.clone(),
-            deadline,
-            payload: call.payload.clone(),
-            attempt: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
-            probe: route.probe.is_some(),
-            fit_context: route.fit_context,
-            context_window: ep.capabilities.context_window,
-        };
-        let fut = inner.client.call(request);
-        let result = match deadline {
-            Some(d) if inner.sleeper.keeps_time() => {
-                let left = d.duration_since(started);
-                let timer = inner.sleeper.sleep(left);
-                match select(fut, timer).await {
-                    Either::Left((r, _)) => r,
-                    Either::Right(((), _)) => Err(ModelError::of(
-                        OutcomeClass::Timeout,
-                        "the call did not finish before its deadline",
-                    )),
-                }
-            }
-            _ => fut.await,
-        };
+        let b = &view.retry.backoff;
+        let exp = b
+            .multiplier
+            .max(1.0)
+            .powi(i32::try_from(same - 1).unwrap_or(i32::MAX));
+        let capped = (b.initial.as_secs_f64() * exp).min(b.max.as_secs_f64());
+        let r = (splitmix(inner.seed ^ (same as u64) ^ now.as_millis()) % 10_000) as f64 / 10_000.0;
+        let wait = Duration::from_secs_f64(capped * (1.0 + b.jitter.clamp(0.0, 1.0) * r));
+        deadline
+            .is_none_or(|d| now.saturating_add(wait) < d)
+            .then_some(wait)
+    }
+
+    /// Reports one attempt's outcome to the evaluator (endpoint health, latency, budgets).
+    #[allow(clippy::too_many_arguments)]
+    fn observe_attempt(
+        &self,
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        route: &Route,
+        ep: &Endpoint,
+        class: OutcomeClass,
+        usage: TokenUsage,
+        classification: Option<&Classification>,
+        started: Timestamp,
+    ) {
+        let inner = &*self.inner;
         let finished = inner.clock.now();
-        let (class, usage, classification) = match &result {
-            Ok(r) => (OutcomeClass::Ok, r.usage, None),
-            Err(e) => (e.class(), e.usage, Some(&e.classification)),
-        };
         let cost = ep.pricing.cost(usage.input_tokens, usage.output_tokens);
         let mut obs = Observation::new(
             route.endpoint,
@@ -946,21 +926,112 @@ where
         // An observation is only refused for an index outside the catalog or a bad cost, which
         // the engine never builds.
         let _ = inner.evaluator.observe(&obs, finished);
-        result
     }
 
+    /// Half-open probes are limited platform-wide: with a health exchange, a probe call first
+    /// claims one of the platform's probe slots; when another replica holds them all, the local
+    /// permit is given back and the call moves on as if the endpoint were busy.
+    async fn claim_probe_slot(
+        &self,
+        route: &Route,
+        endpoint: &EndpointId,
+        now: Timestamp,
+    ) -> Result<(), ModelError> {
+        let inner = &*self.inner;
+        let (Some(permit), Some(x)) = (route.probe, &inner.exchange) else {
+            return Ok(());
+        };
+        let limit = inner
+            .policies
+            .current()
+            .evaluator_settings()
+            .half_open
+            .probes;
+        if x.claim_probe(endpoint, self.probe_round(route.endpoint, now), limit)
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let _ = inner.evaluator.release_probe(permit, now);
+        Err(ModelError::of(
+            OutcomeClass::Overloaded,
+            "another replica holds the platform-wide probe slots",
+        ))
+    }
+
+    /// One attempt at a routed endpoint: backoff if retrying it, the probe slot, the call raced
+    /// against the deadline, and the observation.
     #[allow(clippy::too_many_arguments)]
-    async fn complete(
+    async fn attempt(
         &self,
         call: &Call<P>,
         view: &ResolvedPolicy,
         catalog: &Catalog,
         route: &Route,
-        response: ModelResponse<O>,
+        deadline: Option<Timestamp>,
+        attempts: &[Attempt],
+        now: Timestamp,
+    ) -> Result<ModelResponse<O>, ModelError> {
+        let inner = &*self.inner;
+        if let Some(wait) = self.backoff(view, route, deadline, attempts, now) {
+            inner.sleeper.sleep(wait).await;
+        }
+        let Some(ep) = catalog.try_endpoint(route.endpoint) else {
+            return Err(ModelError::of(
+                OutcomeClass::BadRequest,
+                "endpoint missing from the catalog",
+            ));
+        };
+        self.claim_probe_slot(route, &ep.id, now).await?;
+        let started = inner.clock.now();
+        let request = ModelRequest {
+            endpoint: ep.id.clone(),
+            endpoint_idx: route.endpoint,
+            model: ep.model.clone(),
+            deadline,
+            payload: call.payload.clone(),
+            attempt: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
+            probe: route.probe.is_some(),
+            fit_context: route.fit_context,
+            context_window: ep.capabilities.context_window,
+            continue_from: None,
+        };
+        let fut = inner.client.call(request);
+        let result = match deadline {
+            Some(d) if inner.sleeper.keeps_time() => {
+                let left = d.duration_since(started);
+                let timer = inner.sleeper.sleep(left);
+                match select(fut, timer).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(((), _)) => Err(deadline_error()),
+                }
+            }
+            _ => fut.await,
+        };
+        let (class, usage, classification) = match &result {
+            Ok(r) => (OutcomeClass::Ok, r.usage, None),
+            Err(e) => (e.class(), e.usage, Some(&*e.classification)),
+        };
+        self.observe_attempt(call, view, route, ep, class, usage, classification, started);
+        result
+    }
+
+    /// Settles a served call: checkpoint and audit the tier change, notify, move the session.
+    /// Generic over the response so a finished stream (which has no single `O`) settles the
+    /// same way.
+    #[allow(clippy::too_many_arguments)]
+    async fn complete<R>(
+        &self,
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        catalog: &Catalog,
+        route: &Route,
+        response: ModelResponse<R>,
         session: Option<&SessionState>,
         attempts: &[Attempt],
         audit_seqs: &mut Vec<u64>,
-    ) -> CallResult<O> {
+    ) -> CallResult<R> {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let top = view.top_tier().unwrap_or(0);
@@ -1738,6 +1809,7 @@ where
             probe: true,
             fit_context: false,
             context_window: ep.capabilities.context_window,
+            continue_from: None,
         };
         let started = inner.clock.now();
         let result = inner.client.call(request).await;
@@ -1745,7 +1817,7 @@ where
         let platform = TenantId::new("downshift-probe");
         let (class, c) = match &result {
             Ok(_) => (OutcomeClass::Ok, None),
-            Err(e) => (e.class(), Some(&e.classification)),
+            Err(e) => (e.class(), Some(&*e.classification)),
         };
         let mut obs = Observation::new(
             idx,
@@ -1838,6 +1910,45 @@ where
         self.inner.audit.append(ev).await?;
         Ok(set)
     }
+}
+
+/// What the gates before routing found (see [`Engine::preflight`]).
+struct Preflight {
+    start: Timestamp,
+    session: Option<SessionState>,
+    workflow_deadline: Option<Timestamp>,
+    approved_to: Option<u32>,
+}
+
+/// A routed attempt and the policy it was decided under.
+struct Routed {
+    route: Route,
+    view: Arc<ResolvedPolicy>,
+    set: Arc<PolicySet>,
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+}
+
+/// The refusal of a request the provider rejected as such.
+fn refused(catalog: &Catalog, endpoint: crate::catalog::EndpointIdx, e: &ModelError) -> Rejection {
+    Rejection {
+        kind: RejectKind::Provider { class: e.class() },
+        reason: None,
+        message: format!(
+            "{} refused the request ({e}); it would fail the same way elsewhere, so it was not retried",
+            catalog
+                .try_endpoint(endpoint)
+                .map_or("?", |x| x.id.as_str())
+        ),
+    }
+}
+
+/// The error of a call still running at its deadline.
+fn deadline_error() -> ModelError {
+    ModelError::of(
+        OutcomeClass::Timeout,
+        "the call did not finish before its deadline",
+    )
 }
 
 enum Gate<O> {
