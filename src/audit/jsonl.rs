@@ -5,6 +5,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,10 +22,11 @@ use crate::error::AuditError;
 /// A record acknowledged by [`AuditSink::append`] has always been written to the operating
 /// system, so it survives a crash of the process. The policy decides what survives a power loss
 /// or kernel crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// `fsync` before acknowledging each record (records appended concurrently share one
     /// `fsync`: group commit). Nothing acknowledged is ever lost. The default.
+    #[default]
     EveryRecord,
     /// `fsync` once `records` records are unsynced or the oldest unsynced record is `interval`
     /// old, whichever comes first. At most that much is lost on power loss.
@@ -37,12 +39,6 @@ pub enum FsyncPolicy {
     /// Never `fsync` (the operating system writes back on its own schedule); an explicit
     /// [`JsonlAuditSink::sync`] still does.
     Never,
-}
-
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        FsyncPolicy::EveryRecord
-    }
 }
 
 /// How much of an existing log [`JsonlAuditSink::open`] verifies before continuing it.
@@ -97,7 +93,8 @@ enum Msg {
 struct Chain {
     next_seq: u64,
     prev: ContentDigest,
-    writer: Sender<Msg>,
+    /// `None` once the sink is being dropped.
+    writer: Option<Sender<Msg>>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +143,7 @@ pub struct JsonlAuditSink {
     path: PathBuf,
     chain: Mutex<Chain>,
     status: Arc<Mutex<Status>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -203,7 +201,7 @@ impl JsonlAuditSink {
         let writer_status = Arc::clone(&status);
         let writer_path = path.clone();
         let policy = options.fsync;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("downshift-audit".to_string())
             .spawn(move || writer_loop(file, &writer_path, policy, &rx, &writer_status))
             .map_err(io_at(&path))?;
@@ -212,9 +210,10 @@ impl JsonlAuditSink {
             chain: Mutex::new(Chain {
                 next_seq,
                 prev,
-                writer: tx,
+                writer: Some(tx),
             }),
             status,
+            thread: Some(thread),
         })
     }
 
@@ -236,11 +235,26 @@ impl JsonlAuditSink {
             let (done, rx) = oneshot::channel();
             chain
                 .writer
-                .send(Msg::Sync { done })
-                .map_err(|_| self.writer_gone())?;
+                .as_ref()
+                .and_then(|w| w.send(Msg::Sync { done }).ok())
+                .ok_or_else(|| self.writer_gone())?;
             rx
         };
         self.outcome(rx.await)
+    }
+
+    /// Syncs the log and closes it, releasing the file's lock.
+    ///
+    /// Dropping the sink also closes it, but waits on the calling thread for the writer thread
+    /// to finish (at most the final `fsync`); `close` does that wait's I/O off the executor
+    /// first.
+    ///
+    /// # Errors
+    /// As [`sync`](Self::sync); the log is closed either way.
+    pub async fn close(self) -> Result<(), AuditError> {
+        let r = self.sync().await;
+        drop(self);
+        r
     }
 
     /// Moves an incomplete last line (left by an interrupted write) out of the log into
@@ -317,6 +331,17 @@ impl JsonlAuditSink {
     }
 }
 
+impl Drop for JsonlAuditSink {
+    /// Stops the writer thread after it has written everything queued, so the file is closed
+    /// and unlocked when `drop` returns (a new sink can open it at once).
+    fn drop(&mut self) {
+        drop(self.chain.get_mut().writer.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[async_trait]
 impl AuditSink for JsonlAuditSink {
     async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
@@ -334,8 +359,9 @@ impl AuditSink for JsonlAuditSink {
             };
             chain
                 .writer
-                .send(Msg::Write { line, head, done })
-                .map_err(|_| self.writer_gone())?;
+                .as_ref()
+                .and_then(|w| w.send(Msg::Write { line, head, done }).ok())
+                .ok_or_else(|| self.writer_gone())?;
             let prev = std::mem::replace(&mut chain.prev, digest.clone());
             chain.next_seq = seq.saturating_add(1);
             (

@@ -569,7 +569,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let declared: usize = len
         .parse()
         .ok()
-        .filter(|_| !len.starts_with('+') && !(len.len() > 1 && len.starts_with('0')))
+        .filter(|_| len.bytes().all(|b| b.is_ascii_digit()) && !(len.len() > 1 && len.starts_with('0')))
         .ok_or_else(|| format!("malformed payload length `{}`", len.escape_debug()))?;
     if payload.len() != declared {
         return Err(format!(
