@@ -2,13 +2,13 @@
 //! first bad record (and line, for files); a valid log verifies; a reopened log continues its
 //! chain; a torn last line is reported, never dropped.
 
-mod common;
+mod audit_events;
 
 use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use common::{event, trigger};
+use audit_events::{event, trigger};
 use downshift::audit::{
     AuditEvent, AuditEventKind, AuditHead, AuditRecord, AuditSink, FsyncPolicy, JsonlAuditSink,
     JsonlOptions, MemoryAuditSink, OpenVerify, genesis, verify, verify_against_head, verify_file,

@@ -1,12 +1,12 @@
 //! Appends from many tasks at once are never lost: `seq` stays contiguous, each task's records
 //! keep its order, and the chain verifies, on both sinks.
 
-mod common;
+mod audit_events;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::event;
+use audit_events::event;
 use downshift::audit::{
     AuditRecord, AuditSink, FsyncPolicy, JsonlAuditSink, JsonlOptions, MemoryAuditSink, verify,
     verify_file,

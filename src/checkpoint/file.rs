@@ -1,53 +1,4 @@
 //! [`FileCheckpointStore`]: the embedded durable store, one checksummed file per session.
-//!
-//! # Layout
-//!
-//! ```text
-//! <root>/sessions/<name>.ckpt     the checkpoint (header line + JSON payload)
-//! <root>/sessions/<name>.lock     advisory lock serializing writers of this session
-//! <root>/sessions/<name>.tmp      a write in progress (or left by a crash; ignored, cleaned)
-//! <root>/tenants/<tenant>/<name>  empty marker: the session belongs to the tenant (for `list`)
-//! <root>/quarantine/              corrupt checkpoints moved aside by `quarantine`
-//! ```
-//!
-//! `<name>` is the session id with every byte outside `[a-z0-9_-]` percent-encoded (`%2F`), so
-//! no id can climb out of the directory (`..`, `/`, `\`, NUL) and ids that differ only in case
-//! stay distinct on case-insensitive file systems. An id whose encoding would exceed 160
-//! characters is named `~<sha256 hex>` instead; the session id inside the file is checked on
-//! every read.
-//!
-//! # File format
-//!
-//! ```text
-//! downshift-checkpoint v1 sha256:<64 hex> <payload length>\n
-//! <payload: the checkpoint as JSON, exactly <payload length> bytes>
-//! ```
-//!
-//! A file whose header is malformed, whose version is unknown, whose payload is shorter or
-//! longer than declared, or whose payload does not hash to the declared digest is reported as
-//! [`CheckpointError::Corrupt`] naming the file; it is never half-read.
-//!
-//! # Crash safety
-//!
-//! A save writes the whole file to `<name>.tmp`, `fsync`s it, renames it over `<name>.ckpt` and
-//! `fsync`s the directory. A crash at any point leaves either the previous good file or the new
-//! one, never a mix. Leftover `.tmp` files are ignored by reads, overwritten by the next save of
-//! the session and removed when a store is opened on the directory.
-//!
-//! # Concurrency
-//!
-//! Writers of one session (save, delete) hold an exclusive advisory lock on `<name>.lock`
-//! (`flock(2)` on Unix, `LockFileEx` on Windows, through the `fs4` crate). The kernel releases
-//! such a lock when its holder exits or crashes, so there is no stale-lock heuristic that could
-//! let two writers in at once. The compare-and-swap therefore holds across tasks, threads and
-//! processes sharing the directory on a local file system (not over NFS). Readers need no lock:
-//! `rename` is atomic, so a reader sees the old file or the new one.
-//!
-//! # Keeping blocking I/O off the executor
-//!
-//! Every operation runs on the store's [`Offload`]: by default two dedicated worker threads
-//! owned by the store (or a caller-supplied `spawn_blocking` hook, see [`FileStoreOptions`]); the
-//! async method only awaits a oneshot channel. No async runtime is required.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -113,10 +64,59 @@ impl FileStoreOptions {
 }
 
 /// The embedded durable [`CheckpointStore`]: one checksummed file per session in a directory,
-/// written atomically, safe across tasks and processes. See the [module docs](self) for the
-/// layout, file format and crash-safety argument, and `docs/checkpoints.md`.
-///
+/// written atomically, safe across tasks and processes (see also `docs/checkpoints.md`).
 /// Clones share the same directory and workers.
+///
+/// # Layout
+///
+/// ```text
+/// <root>/sessions/<name>.ckpt     the checkpoint (header line + JSON payload)
+/// <root>/sessions/<name>.lock     advisory lock serializing writers of this session
+/// <root>/sessions/<name>.tmp      a write in progress (or left by a crash; ignored, cleaned)
+/// <root>/tenants/<tenant>/<name>  empty marker: the session belongs to the tenant (for `list`)
+/// <root>/quarantine/              corrupt checkpoints moved aside by `quarantine`
+/// ```
+///
+/// `<name>` is the session id with every byte outside `[a-z0-9_-]` percent-encoded (`%2F`), so
+/// no id can climb out of the directory (`..`, `/`, `\`, NUL) and ids that differ only in case
+/// stay distinct on case-insensitive file systems. An id whose encoding would exceed 160
+/// characters is named `~<sha256 hex>` instead; the session id inside the file is checked on
+/// every read.
+///
+/// # File format
+///
+/// ```text
+/// downshift-checkpoint v1 sha256:<64 hex> <payload length>\n
+/// <payload: the checkpoint as JSON, exactly <payload length> bytes>
+/// ```
+///
+/// A file whose header is malformed, whose version is unknown, whose payload is shorter or
+/// longer than declared, or whose payload does not hash to the declared digest is reported as
+/// [`CheckpointError::Corrupt`] naming the file; it is never half-read.
+///
+/// # Crash safety
+///
+/// A save writes the whole file to `<name>.tmp`, `fsync`s it, renames it over `<name>.ckpt` and
+/// `fsync`s the directory. A crash at any point leaves either the previous good file or the new
+/// one, never a mix. Leftover `.tmp` files are ignored by reads, overwritten by the next save of
+/// the session and removed when a store is opened on the directory.
+///
+/// # Concurrency
+///
+/// Writers of one session (save, delete) hold an exclusive advisory lock on `<name>.lock`
+/// (`flock(2)` on Unix, `LockFileEx` on Windows, through the `fs4` crate). The kernel releases
+/// such a lock when its holder exits or crashes, so there is no stale-lock heuristic that could
+/// let two writers in at once. The compare-and-swap therefore holds across tasks, threads and
+/// processes sharing the directory on a local file system (not over NFS). Readers need no lock:
+/// `rename` is atomic, so a reader sees the old file or the new one.
+///
+/// # Keeping blocking I/O off the executor
+///
+/// Every operation runs on the store's [`Offload`]: by default two dedicated worker threads
+/// owned by the store (or a caller-supplied `spawn_blocking` hook, see [`FileStoreOptions`]); the
+/// async method only awaits a oneshot channel. No async runtime is required.
+///
+/// # Example
 ///
 /// ```
 /// use downshift::checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, TierAt};
