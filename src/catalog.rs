@@ -33,6 +33,103 @@ pub struct Capabilities {
     pub json_mode: bool,
 }
 
+/// What one call needs from an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Requirements {
+    /// Input tokens the request holds.
+    pub input_tokens: u32,
+    /// Output tokens the caller expects (reserved in the window).
+    pub output_tokens: u32,
+    /// Uses tool calling.
+    pub tools: bool,
+    /// Uses parallel tool calls.
+    pub parallel_tool_calls: bool,
+    /// Sends images.
+    pub vision: bool,
+    /// Needs JSON mode.
+    pub json_mode: bool,
+}
+
+/// Why an endpoint cannot serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "gap")]
+pub enum CapabilityGap {
+    /// No tool calling.
+    Tools,
+    /// No parallel tool calls.
+    ParallelToolCalls,
+    /// No image input.
+    Vision,
+    /// No JSON mode.
+    JsonMode,
+    /// Input plus expected output does not fit the context window.
+    ContextWindow {
+        /// Tokens needed (input + expected output).
+        needed: u64,
+        /// The endpoint's window.
+        window: u32,
+    },
+    /// The expected output exceeds the endpoint's maximum output.
+    MaxOutput {
+        /// Output tokens expected.
+        needed: u32,
+        /// The endpoint's maximum.
+        max: u32,
+    },
+}
+
+impl std::fmt::Display for CapabilityGap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CapabilityGap::Tools => f.write_str("no tool calling"),
+            CapabilityGap::ParallelToolCalls => f.write_str("no parallel tool calls"),
+            CapabilityGap::Vision => f.write_str("no image input"),
+            CapabilityGap::JsonMode => f.write_str("no JSON mode"),
+            CapabilityGap::ContextWindow { needed, window } => {
+                write!(f, "needs {needed} tokens, context window is {window}")
+            }
+            CapabilityGap::MaxOutput { needed, max } => {
+                write!(f, "expects {needed} output tokens, maximum is {max}")
+            }
+        }
+    }
+}
+
+impl Capabilities {
+    /// The first thing these capabilities lack for `req`, if any. Checked in a fixed order:
+    /// tools, parallel tool calls, vision, JSON mode, maximum output, context window.
+    #[must_use]
+    pub fn gap(&self, req: &Requirements) -> Option<CapabilityGap> {
+        if req.tools && !self.tools {
+            return Some(CapabilityGap::Tools);
+        }
+        if req.parallel_tool_calls && !self.parallel_tool_calls {
+            return Some(CapabilityGap::ParallelToolCalls);
+        }
+        if req.vision && !self.vision {
+            return Some(CapabilityGap::Vision);
+        }
+        if req.json_mode && !self.json_mode {
+            return Some(CapabilityGap::JsonMode);
+        }
+        if req.output_tokens > self.max_output_tokens {
+            return Some(CapabilityGap::MaxOutput {
+                needed: req.output_tokens,
+                max: self.max_output_tokens,
+            });
+        }
+        let needed = u64::from(req.input_tokens) + u64::from(req.output_tokens);
+        if needed > u64::from(self.context_window) {
+            return Some(CapabilityGap::ContextWindow {
+                needed,
+                window: self.context_window,
+            });
+        }
+        None
+    }
+}
+
 /// Price per million tokens, in US dollars.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -263,5 +360,44 @@ mod tests {
         assert_eq!(a.quality_for("triage"), Some(0.8));
         assert!((a.pricing.cost(1_000_000, 100_000) - 4.5).abs() < 1e-9);
         assert_eq!(a.failure_domain(), "p");
+    }
+
+    #[test]
+    fn capability_gaps_in_a_fixed_order() {
+        let c = ep("a").capabilities;
+        let mut r = Requirements {
+            input_tokens: 7000,
+            output_tokens: 1000,
+            ..Requirements::default()
+        };
+        assert_eq!(c.gap(&r), None);
+        r.input_tokens = 7001;
+        assert_eq!(
+            c.gap(&r),
+            Some(CapabilityGap::ContextWindow {
+                needed: 8001,
+                window: 8000
+            })
+        );
+        r.output_tokens = 2000;
+        assert_eq!(
+            c.gap(&r),
+            Some(CapabilityGap::MaxOutput {
+                needed: 2000,
+                max: 1000
+            })
+        );
+        r.vision = true;
+        assert_eq!(c.gap(&r), Some(CapabilityGap::Vision));
+        r.tools = true;
+        assert_eq!(c.gap(&r), Some(CapabilityGap::Tools));
+        assert_eq!(
+            CapabilityGap::ContextWindow {
+                needed: 9,
+                window: 8
+            }
+            .to_string(),
+            "needs 9 tokens, context window is 8"
+        );
     }
 }

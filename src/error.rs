@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::catalog::EndpointIdx;
 use crate::id::{SessionId, TaskKind, TenantId};
 
 /// Any error this crate returns.
@@ -25,6 +26,45 @@ pub enum Error {
     /// The audit log could not be written or does not verify.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The trigger evaluator was given something it cannot use.
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+}
+
+/// Errors from the [`TriggerEvaluator`](crate::trigger::TriggerEvaluator).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TriggerError {
+    /// An endpoint index outside the catalog the evaluator was built for (an index from another
+    /// catalog, or a catalog that grew without a new evaluator).
+    #[error("unknown endpoint index {}: the trigger evaluator tracks {len} endpoints", endpoint.0)]
+    UnknownEndpoint {
+        /// The index given.
+        endpoint: EndpointIdx,
+        /// How many endpoints the evaluator tracks.
+        len: usize,
+    },
+    /// An observation whose cost is negative or not a finite number; nothing of it was recorded.
+    #[error(
+        "invalid observation for endpoint index {} (tenant `{tenant}`): cost_usd {cost_usd} is not a finite, non-negative amount",
+        endpoint.0
+    )]
+    InvalidCost {
+        /// The endpoint observed.
+        endpoint: EndpointIdx,
+        /// The tenant.
+        tenant: TenantId,
+        /// The cost given.
+        cost_usd: f64,
+    },
+    /// More endpoints than one evaluator tracks.
+    #[error("a trigger evaluator tracks at most {max} endpoints, {requested} were asked for")]
+    TooManyEndpoints {
+        /// The catalog size given.
+        requested: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Errors loading, validating and resolving policies and catalogs.
@@ -266,8 +306,6 @@ pub enum ProblemCode {
     TierEmptiedForTenant,
     /// Warning: retry settings that multiply load on a failing provider.
     RetryStorm,
-    /// Warning: an endpoint whose region is global or unspecified while residency is restricted.
-    GlobalRegion,
 }
 
 /// One thing wrong (or suspicious) in a policy set, with where it is.

@@ -15,8 +15,8 @@ impl JsonSchema for DurationStr {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "A duration such as \"250ms\", \"30s\", \"5m\", \"1h 30m\".",
-            "pattern": "^\\s*[0-9]+\\s*[a-zA-Zµ]+(\\s*[0-9]+\\s*[a-zA-Zµ]+)*\\s*$"
+            "description": "A duration such as \"250ms\", \"1.5s\", \"30s\", \"5m\", \"1h 30m\".",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+(\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+)*\\s*$"
         })
     }
 }

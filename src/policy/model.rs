@@ -98,6 +98,9 @@ pub struct PolicyLayer {
     /// Context continuity when a session moves to another endpoint.
     #[serde(default)]
     pub continuity: Continuity,
+    /// Platform only: herd control during platform-wide events.
+    #[serde(default)]
+    pub herd: Herd,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -775,6 +778,30 @@ impl Default for Retry {
             max_attempts: 4,
             backoff: Backoff::default(),
             budget: RetryBudget::default(),
+        }
+    }
+}
+
+/// Herd control (platform only): how much of the traffic moved off its tenants' top tiers may
+/// land on any one fallback endpoint, so a platform-wide outage does not flatten the standby.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Herd {
+    /// Within each second, once `min_moved_calls` calls have been moved off their top tier, a
+    /// fallback endpoint that already received this share of them is skipped for further moved
+    /// calls (they go to the next endpoint or tier, as each tenant's policy allows). Absent: no
+    /// cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_fallback_share: Option<f64>,
+    /// The share applies only once this many calls were moved in the current second.
+    pub min_moved_calls: u32,
+}
+
+impl Default for Herd {
+    fn default() -> Self {
+        Herd {
+            max_fallback_share: None,
+            min_moved_calls: 20,
         }
     }
 }

@@ -12,3 +12,22 @@ mod reason;
 
 pub use classify::{Classification, RateLimitState};
 pub use reason::{Trigger, TriggerKind, TriggerRecord};
+
+mod breaker;
+mod budget;
+mod evaluator;
+mod latency;
+mod observation;
+mod ring;
+mod view;
+
+pub use breaker::{
+    BreakerEvent, BreakerMode, BreakerState, MAX_PROBES, Probe, ProbePermit, open_wait,
+};
+pub use budget::{Evicted, Spend};
+pub use evaluator::{
+    BudgetScope, EndpointHealth, EvaluatorSettings, LatencySnapshot, MAX_ENDPOINTS,
+    MAX_QUEUED_EVENTS, Signals, TriggerEvaluator, Verdict,
+};
+pub use observation::{Observation, ProviderSignal, Usage};
+pub use view::{StatusSet, TenantTriggers};

@@ -59,8 +59,21 @@ pub enum TriggerKind {
     CallFailed,
     /// Recovery: the higher tier has been healthy long enough (milliseconds).
     Recovered,
+    /// Herd control: the fallback endpoint already took its capped share of the traffic moved
+    /// off top tiers this second (fractions).
+    FallbackShare,
     /// An operator or a policy activation caused the change.
     Manual,
+    /// The breaker's open wait has passed; it moves to half-open (milliseconds waited and the
+    /// wait).
+    OpenWaitElapsed,
+    /// A half-open probe failed with a capacity error or was slow (measured = probes that had
+    /// succeeded, threshold = probes needed).
+    ProbeFailed,
+    /// The half-open round did not finish within the half-open timeout (milliseconds).
+    ProbeTimeout,
+    /// Every half-open probe succeeded; the breaker closes (counts).
+    ProbesSucceeded,
 }
 
 /// Why an endpoint is unusable, or why a decision was taken: the condition, the measured value
@@ -130,9 +143,17 @@ impl Trigger {
             TriggerKind::FailureRate
             | TriggerKind::SlowCallRate
             | TriggerKind::RateLimitRequests
-            | TriggerKind::RateLimitTokens => "fraction",
-            TriggerKind::ConsecutiveFailures | TriggerKind::CallFailed => "calls",
-            TriggerKind::LatencyP95 | TriggerKind::Deadline | TriggerKind::Recovered => "ms",
+            | TriggerKind::RateLimitTokens
+            | TriggerKind::FallbackShare => "fraction",
+            TriggerKind::ConsecutiveFailures
+            | TriggerKind::CallFailed
+            | TriggerKind::ProbeFailed
+            | TriggerKind::ProbesSucceeded => "calls",
+            TriggerKind::LatencyP95
+            | TriggerKind::Deadline
+            | TriggerKind::Recovered
+            | TriggerKind::OpenWaitElapsed
+            | TriggerKind::ProbeTimeout => "ms",
             TriggerKind::QueueDepth => "requests",
             TriggerKind::TenantBudget
             | TriggerKind::SessionBudget
@@ -226,6 +247,32 @@ impl fmt::Display for Trigger {
                 write!(f, "healthy for {} >= {}", secs(m), secs(t))?;
             }
             TriggerKind::Manual => f.write_str("manual change")?,
+            TriggerKind::FallbackShare => write!(
+                f,
+                "fallback share {:.0}% >= cap {:.0}%",
+                m * 100.0,
+                t * 100.0
+            )?,
+            TriggerKind::OpenWaitElapsed => {
+                write!(f, "open wait of {} elapsed; probing", secs(t))?;
+            }
+            TriggerKind::ProbeFailed => {
+                write!(
+                    f,
+                    "half-open probe failed after {m:.0} of {t:.0} probes succeeded"
+                )?;
+            }
+            TriggerKind::ProbeTimeout => {
+                write!(
+                    f,
+                    "half-open probes unfinished after {} >= timeout {}",
+                    secs(m),
+                    secs(t)
+                )?;
+            }
+            TriggerKind::ProbesSucceeded => {
+                write!(f, "{m:.0} of {t:.0} half-open probes succeeded")?;
+            }
         }
         if let Some(w) = self.window {
             write!(f, " over {}", crate::policy::duration::format(w))?;
