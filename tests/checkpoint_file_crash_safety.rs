@@ -287,3 +287,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn listing_cleans_index_entries_whose_checkpoint_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path());
+    let (_, path) = saved(&st, "s-gone", 1);
+    saved(&st, "s-kept", 1);
+    // A crash between removing the checkpoint and its index entry leaves a stale entry.
+    fs::remove_file(&path).unwrap();
+    let list = block_on(st.list(&TenantId::new("acme"), &ListFilter::all())).unwrap();
+    let names: Vec<&str> = list.sessions.iter().map(|s| s.session.as_str()).collect();
+    assert_eq!(names, ["s-kept"]);
+    assert!(list.unreadable.is_empty());
+    let tenant_dir = dir.path().join("tenants").join("acme");
+    let entries: Vec<_> = fs::read_dir(&tenant_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("s-kept")]);
+    assert!(
+        !path.with_extension("lock").exists(),
+        "no lock file is left for the gone session"
+    );
+}

@@ -177,6 +177,7 @@ impl JsonlAuditSink {
         let path = path.as_ref().to_path_buf();
         let existed = path.exists();
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .open(&path)

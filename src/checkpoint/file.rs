@@ -311,12 +311,17 @@ impl Dirs {
             let Some(name) = file.to_str().and_then(|n| n.strip_suffix(".tmp")) else {
                 continue;
             };
-            if let Some(_guard) = lock_session(&self.lock_path(name), false)? {
+            let lock_path = self.lock_path(name);
+            if let Some(guard) = lock_session(&lock_path, false)? {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_at(&entry.path())(e)),
                 }
+                if !self.ckpt_path(name).exists() {
+                    remove_lock_file(&lock_path);
+                }
+                drop(guard);
             }
         }
         Ok(())
@@ -419,9 +424,7 @@ impl Dirs {
         // The marker is only an index entry: a stale one is skipped (and cleaned) by `list`.
         let marker = self.tenant_dir(&stored.tenant).join(&name);
         let _ = fs::remove_file(&marker);
-        // Waiters re-check the lock file's identity after locking, so it can go while held.
-        #[cfg(unix)]
-        let _ = fs::remove_file(&lock_path);
+        remove_lock_file(&lock_path);
         drop(guard);
         Ok(())
     }
@@ -469,12 +472,15 @@ impl Dirs {
     /// Removes a marker whose checkpoint is gone, under the session's lock so that a concurrent
     /// first save (marker written, checkpoint about to be) is never undone.
     fn drop_stale_marker(&self, dir: &Path, name: &str) -> Result<(), CheckpointError> {
-        let Some(_guard) = lock_session(&self.lock_path(name), false)? else {
+        let lock_path = self.lock_path(name);
+        let Some(guard) = lock_session(&lock_path, false)? else {
             return Ok(());
         };
         if !self.ckpt_path(name).exists() {
             let _ = fs::remove_file(dir.join(name));
+            remove_lock_file(&lock_path);
         }
+        drop(guard);
         Ok(())
     }
 
@@ -569,7 +575,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let declared: usize = len
         .parse()
         .ok()
-        .filter(|_| len.bytes().all(|b| b.is_ascii_digit()) && !(len.len() > 1 && len.starts_with('0')))
+        .filter(|_| {
+            len.bytes().all(|b| b.is_ascii_digit()) && !(len.len() > 1 && len.starts_with('0'))
+        })
         .ok_or_else(|| format!("malformed payload length `{}`", len.escape_debug()))?;
     if payload.len() != declared {
         return Err(format!(
@@ -616,6 +624,16 @@ fn lock_session(path: &Path, blocking: bool) -> Result<Option<File>, CheckpointE
         }
         // A delete removed the lock file while we waited on it: lock the new one.
     }
+}
+
+/// Removes a lock file its caller holds, for a session that has no checkpoint left. Waiters
+/// re-check the lock file's identity after locking (see [`still_linked`]), so it can go while
+/// held. Elsewhere lock files stay: Windows cannot remove an open file.
+fn remove_lock_file(path: &Path) {
+    #[cfg(unix)]
+    let _ = fs::remove_file(path);
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Whether `path` still names the file we locked (a delete may have unlinked it meanwhile).
