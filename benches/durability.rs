@@ -51,6 +51,12 @@ fn event(n: u64) -> AuditEvent {
 fn audit(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit_append");
     g.throughput(Throughput::Elements(1));
+    // Baseline: plain (non-canonical) serde_json serialization of the same event, to calibrate
+    // the machine the figures come from.
+    let sample = event(0);
+    g.bench_function("baseline_serde_json_to_vec", |b| {
+        b.iter(|| black_box(serde_json::to_vec(black_box(&sample)).unwrap()))
+    });
     let memory = MemoryAuditSink::new();
     let mut n = 0u64;
     g.bench_function("memory", |b| {

@@ -450,6 +450,9 @@ fn writer_loop(
                 Msg::Sync { .. } => sync_asked = true,
             }
         }
+        // Waiters need the fsync before their reply only when the policy is EveryRecord or they
+        // asked for it; a Batch sync that falls due is done after replying, off their path.
+        let mut batch_sync_due = false;
         let result: WriteResult = match &broken {
             Some(b) => Err(b.clone()),
             None => {
@@ -459,18 +462,15 @@ fn writer_loop(
                         unsynced += writes;
                         oldest.get_or_insert_with(Instant::now);
                     }
-                    let due = match policy {
-                        FsyncPolicy::EveryRecord => writes > 0,
-                        FsyncPolicy::Batch { records, interval } => {
-                            unsynced >= u64::from(records.max(1))
-                                || oldest.is_some_and(|t| t.elapsed() >= interval)
-                        }
-                        FsyncPolicy::Never => false,
-                    };
-                    if sync_asked || (due && unsynced > 0) {
+                    let sync_now =
+                        sync_asked || (policy == FsyncPolicy::EveryRecord && unsynced > 0);
+                    if sync_now {
                         file.sync_data()?;
                         unsynced = 0;
                         oldest = None;
+                    } else if let FsyncPolicy::Batch { records, interval } = policy {
+                        batch_sync_due = unsynced >= u64::from(records.max(1))
+                            || oldest.is_some_and(|t| t.elapsed() >= interval);
                     }
                     Ok(())
                 })();
@@ -495,6 +495,16 @@ fn writer_loop(
                 Msg::Write { done, .. } | Msg::Sync { done } => done,
             };
             let _ = done.send(result.clone());
+        }
+        if batch_sync_due {
+            match file.sync_data() {
+                Ok(()) => {
+                    unsynced = 0;
+                    oldest = None;
+                }
+                // Acknowledged records reached the OS; later appends learn of the failure.
+                Err(e) => fail(e, &mut broken),
+            }
         }
     }
     if broken.is_none() && unsynced > 0 {
