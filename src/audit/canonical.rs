@@ -26,6 +26,78 @@ pub(crate) fn to_canonical_string<T: Serialize + ?Sized>(value: &T) -> Result<St
     String::from_utf8(out).map_err(custom)
 }
 
+/// The SHA-256 digest of `value`'s canonical JSON, serialized into a reused buffer.
+pub(crate) fn canonical_digest<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<crate::digest::ContentDigest, Error> {
+    let mut out = pool::take_bytes();
+    let r = value.serialize(Canon { out: &mut out });
+    let digest = r.map(|()| crate::digest::ContentDigest::of_bytes(&out));
+    pool::give_bytes(out);
+    digest
+}
+
+/// Per-thread free lists of the scratch buffers objects are collected in, so a steady stream of
+/// records allocates nothing for them.
+mod pool {
+    use std::borrow::Cow;
+    use std::cell::RefCell;
+
+    pub(super) type Entries = Vec<(Cow<'static, str>, usize, usize)>;
+
+    const KEEP: usize = 32;
+    const MAX_BYTES: usize = 64 * 1024;
+
+    thread_local! {
+        static BYTES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static ENTRIES: RefCell<Vec<Entries>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take_bytes() -> Vec<u8> {
+        BYTES
+            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(512))
+    }
+
+    pub(super) fn give_bytes(mut b: Vec<u8>) {
+        if b.capacity() > MAX_BYTES {
+            return;
+        }
+        b.clear();
+        let _ = BYTES.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < KEEP {
+                    p.push(b);
+                }
+            }
+        });
+    }
+
+    pub(super) fn take_entries() -> Entries {
+        ENTRIES
+            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(16))
+    }
+
+    pub(super) fn give_entries(mut e: Entries) {
+        if e.capacity() > 1024 {
+            return;
+        }
+        e.clear();
+        let _ = ENTRIES.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                if p.len() < KEEP {
+                    p.push(e);
+                }
+            }
+        });
+    }
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), Error> {
     serde_json::to_writer(out, s)
 }
@@ -188,23 +260,23 @@ impl<'a> ser::Serializer for Canon<'a> {
             wrapped: true,
         })
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<Obj<'a>, Error> {
-        Ok(Obj::new(self.out, len.unwrap_or(8), false))
+    fn serialize_map(self, _len: Option<usize>) -> Result<Obj<'a>, Error> {
+        Ok(Obj::new(self.out, false))
     }
-    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Obj<'a>, Error> {
-        Ok(Obj::new(self.out, len, false))
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Obj<'a>, Error> {
+        Ok(Obj::new(self.out, false))
     }
     fn serialize_struct_variant(
         self,
         _name: &'static str,
         _index: u32,
         variant: &'static str,
-        len: usize,
+        _len: usize,
     ) -> Result<Obj<'a>, Error> {
         self.out.push(b'{');
         write_str(self.out, variant)?;
         self.out.push(b':');
-        Ok(Obj::new(self.out, len, true))
+        Ok(Obj::new(self.out, true))
     }
 }
 
@@ -283,17 +355,17 @@ impl ser::SerializeTupleVariant for Arr<'_> {
 struct Obj<'a> {
     out: &'a mut Vec<u8>,
     scratch: Vec<u8>,
-    entries: Vec<(Cow<'static, str>, usize, usize)>,
+    entries: pool::Entries,
     key: Option<String>,
     wrapped: bool,
 }
 
 impl<'a> Obj<'a> {
-    fn new(out: &'a mut Vec<u8>, len: usize, wrapped: bool) -> Self {
+    fn new(out: &'a mut Vec<u8>, wrapped: bool) -> Self {
         Obj {
             out,
-            scratch: Vec::with_capacity(len * 24),
-            entries: Vec::with_capacity(len),
+            scratch: pool::take_bytes(),
+            entries: pool::take_entries(),
             key: None,
             wrapped,
         }
@@ -335,6 +407,8 @@ impl<'a> Obj<'a> {
         if self.wrapped {
             self.out.push(b'}');
         }
+        pool::give_bytes(std::mem::take(&mut self.scratch));
+        pool::give_entries(std::mem::take(&mut self.entries));
         Ok(())
     }
 }

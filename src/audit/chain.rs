@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::canonical::to_canonical_string;
+use super::canonical::{canonical_digest, to_canonical_string};
 use super::{AuditEvent, AuditHead, AuditRecord};
 use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
@@ -57,9 +57,7 @@ fn digest_of(
     prev: &ContentDigest,
 ) -> Result<ContentDigest, AuditError> {
     event.validate()?;
-    let unsigned =
-        to_canonical_string(&Unsigned { seq, event, prev }).map_err(|e| unencodable(&e))?;
-    Ok(ContentDigest::of_bytes(unsigned.as_bytes()))
+    canonical_digest(&Unsigned { seq, event, prev }).map_err(|e| unencodable(&e))
 }
 
 /// Seals `event` as record `seq` after `prev`: its digest and, when asked, its canonical JSON
