@@ -20,6 +20,7 @@ fn assert_full_report(report: &conformance::ConformanceReport) {
         "update_of_missing_refused",
         "store_assigns_versions",
         "session_never_changes_tenant",
+        "non_finite_trigger_refused",
         "list_tenant_isolation",
         "list_suspended_filter",
         "list_workflow_filter",

@@ -332,6 +332,7 @@ impl Dirs {
         mut checkpoint: Checkpoint,
         expected: Option<u64>,
     ) -> Result<u64, CheckpointError> {
+        checkpoint.validate()?;
         let name = file_name(checkpoint.session.as_str());
         let path = self.ckpt_path(&name);
         let _guard = lock_session(&self.lock_path(&name), true)?;
