@@ -48,7 +48,7 @@ fn assert_contiguous_and_ordered(per_task: &[Vec<AuditRecord>], total: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_tasks_append_a_thousand_each_to_memory() {
     let sink = MemoryAuditSink::new();
     let per_task = hammer(Arc::new(sink.clone()), 32, 1_000).await;
@@ -61,7 +61,7 @@ async fn thirty_two_tasks_append_a_thousand_each_to_memory() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_tasks_append_two_hundred_each_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
@@ -79,7 +79,7 @@ async fn thirty_two_tasks_append_two_hundred_each_to_a_file() {
     assert_eq!(report.records, 6_400);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_fsyncs_when_every_record_is_synced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -8,6 +8,28 @@ use downshift::{
     TriggerRecord,
 };
 
+/// Digests the events cite, computed once (the tests build tens of thousands of events).
+struct Digests {
+    policy: ContentDigest,
+    policy_old: ContentDigest,
+    resolved: ContentDigest,
+    dpa: String,
+    checkpoint: ContentDigest,
+    diff: ContentDigest,
+}
+
+fn digests() -> &'static Digests {
+    static D: std::sync::OnceLock<Digests> = std::sync::OnceLock::new();
+    D.get_or_init(|| Digests {
+        policy: ContentDigest::of_bytes(b"policy-new"),
+        policy_old: ContentDigest::of_bytes(b"policy-old"),
+        resolved: ContentDigest::of_bytes(b"resolved"),
+        dpa: ContentDigest::of_bytes(b"dpa").to_string(),
+        checkpoint: ContentDigest::of_bytes(b"checkpoint"),
+        diff: ContentDigest::of_bytes(b"diff"),
+    })
+}
+
 pub fn tier(i: u32) -> TierAt {
     let names = ["primary", "hot-standby", "mid", "minimal"];
     TierAt::new(i, names[(i as usize) % names.len()]).on(EndpointId::new(format!("ep-{i}-eu-west")))
@@ -61,8 +83,8 @@ pub fn event(n: u64) -> AuditEvent {
             reason: "floor reached: no permissible tier".into(),
         },
         9 => AuditEventKind::PolicyActivation {
-            digest: ContentDigest::of_bytes(format!("policy-{n}").as_bytes()),
-            previous: Some(ContentDigest::of_bytes(b"policy-old")),
+            digest: digests().policy.clone(),
+            previous: Some(digests().policy_old.clone()),
         },
         10 => AuditEventKind::ContextTransform {
             from_tokens: 180_000,
@@ -75,7 +97,7 @@ pub fn event(n: u64) -> AuditEvent {
             step: format!("step-{n}"),
             original: tier(0),
             outcome: ReplayOutcome::Differs,
-            diff: Some(ContentDigest::of_bytes(b"diff")),
+            diff: Some(digests().diff.clone()),
         },
     };
     let mut e = AuditEvent::new(
@@ -88,7 +110,7 @@ pub fn event(n: u64) -> AuditEvent {
     .policy(PolicyRef {
         id: LayerId::new("tenant-0"),
         version: "2027-01-15".into(),
-        digest: ContentDigest::of_bytes(b"resolved"),
+        digest: digests().resolved.clone(),
     });
     if n % 2 == 0 {
         e = e.trigger(trigger(4200.5 + n as f64 / 3.0));
@@ -98,12 +120,12 @@ pub fn event(n: u64) -> AuditEvent {
             .consent(ConsentRef {
                 agreement_id: "DPA-2027-113".into(),
                 version: "3".into(),
-                document_digest: ContentDigest::of_bytes(b"dpa").to_string(),
+                document_digest: digests().dpa.clone(),
             })
             .checkpoint(CheckpointRef {
                 session: SessionId::new(format!("session-{}", n % 7)),
                 version: n,
-                digest: ContentDigest::of_bytes(b"checkpoint"),
+                digest: digests().checkpoint.clone(),
             })
             .approval(format!("ticket-{n}"))
             .workflow(downshift::WorkflowId::new("wf-1"));
