@@ -5,7 +5,6 @@
 //! digests and audit-record digests both use this form.
 
 use std::fmt;
-use std::fmt::Write as _;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,11 +20,13 @@ impl ContentDigest {
     /// The digest of raw bytes.
     #[must_use]
     pub fn of_bytes(bytes: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let out = Sha256::digest(bytes);
         let mut s = String::with_capacity(7 + 64);
         s.push_str("sha256:");
         for b in out {
-            let _ = write!(s, "{b:02x}");
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
         ContentDigest(s)
     }

@@ -11,11 +11,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
+use super::canonical::{canonical_digest, to_canonical_string};
 use super::{AuditEvent, AuditHead, AuditRecord};
 use crate::clock::Timestamp;
-use crate::digest::{ContentDigest, canonical_json};
+use crate::digest::ContentDigest;
 use crate::error::AuditError;
 
 const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -35,66 +35,48 @@ struct Unsigned<'a> {
     prev: &'a ContentDigest,
 }
 
-/// The canonical JSON object of a record without its digest.
-pub(crate) fn unsigned_object(
+#[derive(Serialize)]
+struct Signed<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+    prev: &'a ContentDigest,
+    digest: &'a ContentDigest,
+}
+
+fn unencodable(e: &serde_json::Error) -> AuditError {
+    AuditError::InvalidEvent {
+        reason: format!("the event cannot be serialized: {e}"),
+    }
+}
+
+/// The digest of record `seq` holding `event` after `prev`.
+fn digest_of(
     seq: u64,
     event: &AuditEvent,
     prev: &ContentDigest,
-) -> Result<Map<String, Value>, AuditError> {
+) -> Result<ContentDigest, AuditError> {
     event.validate()?;
-    match serde_json::to_value(Unsigned { seq, event, prev }) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(AuditError::InvalidEvent {
-            reason: "the event does not serialize to a JSON object".to_string(),
-        }),
-        Err(e) => Err(AuditError::InvalidEvent {
-            reason: format!("the event cannot be serialized: {e}"),
-        }),
-    }
+    canonical_digest(&Unsigned { seq, event, prev }).map_err(|e| unencodable(&e))
 }
 
-/// The digest of a record's unsigned object.
-pub(crate) fn digest_object(unsigned: &Map<String, Value>) -> ContentDigest {
-    ContentDigest::of_bytes(canonical_json_of_map(unsigned).as_bytes())
-}
-
-/// `canonical_json` of an object, without first moving the map into a `Value`.
-fn canonical_json_of_map(map: &Map<String, Value>) -> String {
-    let mut s = String::with_capacity(512);
-    s.push('{');
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_unstable();
-    for (i, k) in keys.into_iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        // Serializing a string cannot fail.
-        s.push_str(&serde_json::to_string(k).unwrap_or_default());
-        s.push(':');
-        if let Some(v) = map.get(k) {
-            s.push_str(&canonical_json(v));
-        }
-    }
-    s.push('}');
-    s
-}
-
-/// Seals `event` as record `seq` after `prev`: its digest and its canonical JSON line (without
-/// the trailing newline).
+/// Seals `event` as record `seq` after `prev`: its digest and, when asked, its canonical JSON
+/// line (without the trailing newline).
 pub(crate) fn seal(
     seq: u64,
     event: &AuditEvent,
     prev: &ContentDigest,
     with_line: bool,
 ) -> Result<(ContentDigest, Option<String>), AuditError> {
-    let mut map = unsigned_object(seq, event, prev)?;
-    let digest = digest_object(&map);
+    let digest = digest_of(seq, event, prev)?;
     let line = if with_line {
-        map.insert(
-            "digest".to_string(),
-            Value::String(digest.as_str().to_string()),
-        );
-        Some(canonical_json_of_map(&map))
+        let signed = Signed {
+            seq,
+            event,
+            prev,
+            digest: &digest,
+        };
+        Some(to_canonical_string(&signed).map_err(|e| unencodable(&e))?)
     } else {
         None
     };
@@ -106,8 +88,7 @@ pub(crate) fn seal(
 /// # Errors
 /// [`AuditError::InvalidEvent`] when the record cannot be serialized (a non-finite number).
 pub fn verify_record_digest(record: &AuditRecord) -> Result<ContentDigest, AuditError> {
-    let map = unsigned_object(record.seq, &record.event, &record.prev)?;
-    Ok(digest_object(&map))
+    digest_of(record.seq, &record.event, &record.prev)
 }
 
 /// What a successful verification covered.
@@ -355,37 +336,23 @@ pub fn verify_file(
 }
 
 /// Parses one line (without its newline): the record and its recomputed digest. The line must
-/// be the canonical JSON of the record.
+/// be exactly the canonical JSON of the record.
 pub(crate) fn parse_line(line: &[u8]) -> Result<(AuditRecord, ContentDigest), String> {
     if line.is_empty() {
         return Err("empty line".to_string());
     }
-    let text = std::str::from_utf8(line).map_err(|_| "the line is not UTF-8".to_string())?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("the line is not JSON: {e}"))?;
-    let original = value.clone();
-    let Value::Object(mut map) = value else {
-        return Err("the line is not a JSON object".to_string());
-    };
-    let recorded = match map.remove("digest") {
-        Some(Value::String(s)) => s,
-        Some(_) => return Err("`digest` is not a string".to_string()),
-        None => return Err("the record has no `digest`".to_string()),
-    };
-    let computed = digest_object(&map);
-    map.insert("digest".to_string(), Value::String(recorded));
-    if canonical_json_of_map(&map).as_bytes() != line {
+    let record: AuditRecord = serde_json::from_slice(line).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("not a valid audit record: {e}"),
+        _ => format!("the line is not JSON: {e}"),
+    })?;
+    let canonical = to_canonical_string(&record).map_err(|e| e.to_string())?;
+    if canonical.as_bytes() != line {
         return Err(
-            "the line is not in canonical form (extra whitespace, escapes or field order): it was edited"
+            "the line is not the canonical form of its record (whitespace, escapes, key order or \
+             fields the format does not define): it was edited"
                 .to_string(),
         );
     }
-    let record: AuditRecord = serde_json::from_value(Value::Object(map))
-        .map_err(|e| format!("not a valid audit record: {e}"))?;
-    // Fields the format does not define would be dropped by parsing: refuse them.
-    let round_trip = serde_json::to_value(&record).map_err(|e| e.to_string())?;
-    if round_trip != original {
-        return Err("the record has fields or values the format does not define".to_string());
-    }
+    let computed = verify_record_digest(&record).map_err(|e| e.to_string())?;
     Ok((record, computed))
 }

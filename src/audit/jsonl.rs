@@ -5,6 +5,7 @@ use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,10 +22,11 @@ use crate::error::AuditError;
 /// A record acknowledged by [`AuditSink::append`] has always been written to the operating
 /// system, so it survives a crash of the process. The policy decides what survives a power loss
 /// or kernel crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// `fsync` before acknowledging each record (records appended concurrently share one
     /// `fsync`: group commit). Nothing acknowledged is ever lost. The default.
+    #[default]
     EveryRecord,
     /// `fsync` once `records` records are unsynced or the oldest unsynced record is `interval`
     /// old, whichever comes first. At most that much is lost on power loss.
@@ -37,12 +39,6 @@ pub enum FsyncPolicy {
     /// Never `fsync` (the operating system writes back on its own schedule); an explicit
     /// [`JsonlAuditSink::sync`] still does.
     Never,
-}
-
-impl Default for FsyncPolicy {
-    fn default() -> Self {
-        FsyncPolicy::EveryRecord
-    }
 }
 
 /// How much of an existing log [`JsonlAuditSink::open`] verifies before continuing it.
@@ -97,7 +93,8 @@ enum Msg {
 struct Chain {
     next_seq: u64,
     prev: ContentDigest,
-    writer: Sender<Msg>,
+    /// `None` once the sink is being dropped.
+    writer: Option<Sender<Msg>>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +143,7 @@ pub struct JsonlAuditSink {
     path: PathBuf,
     chain: Mutex<Chain>,
     status: Arc<Mutex<Status>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -179,6 +177,7 @@ impl JsonlAuditSink {
         let path = path.as_ref().to_path_buf();
         let existed = path.exists();
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .open(&path)
@@ -203,7 +202,7 @@ impl JsonlAuditSink {
         let writer_status = Arc::clone(&status);
         let writer_path = path.clone();
         let policy = options.fsync;
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("downshift-audit".to_string())
             .spawn(move || writer_loop(file, &writer_path, policy, &rx, &writer_status))
             .map_err(io_at(&path))?;
@@ -212,9 +211,10 @@ impl JsonlAuditSink {
             chain: Mutex::new(Chain {
                 next_seq,
                 prev,
-                writer: tx,
+                writer: Some(tx),
             }),
             status,
+            thread: Some(thread),
         })
     }
 
@@ -236,11 +236,26 @@ impl JsonlAuditSink {
             let (done, rx) = oneshot::channel();
             chain
                 .writer
-                .send(Msg::Sync { done })
-                .map_err(|_| self.writer_gone())?;
+                .as_ref()
+                .and_then(|w| w.send(Msg::Sync { done }).ok())
+                .ok_or_else(|| self.writer_gone())?;
             rx
         };
         self.outcome(rx.await)
+    }
+
+    /// Syncs the log and closes it, releasing the file's lock.
+    ///
+    /// Dropping the sink also closes it, but waits on the calling thread for the writer thread
+    /// to finish (at most the final `fsync`); `close` does that wait's I/O off the executor
+    /// first.
+    ///
+    /// # Errors
+    /// As [`sync`](Self::sync); the log is closed either way.
+    pub async fn close(self) -> Result<(), AuditError> {
+        let r = self.sync().await;
+        drop(self);
+        r
     }
 
     /// Moves an incomplete last line (left by an interrupted write) out of the log into
@@ -317,6 +332,17 @@ impl JsonlAuditSink {
     }
 }
 
+impl Drop for JsonlAuditSink {
+    /// Stops the writer thread after it has written everything queued, so the file is closed
+    /// and unlocked when `drop` returns (a new sink can open it at once).
+    fn drop(&mut self) {
+        drop(self.chain.get_mut().writer.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[async_trait]
 impl AuditSink for JsonlAuditSink {
     async fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
@@ -334,8 +360,9 @@ impl AuditSink for JsonlAuditSink {
             };
             chain
                 .writer
-                .send(Msg::Write { line, head, done })
-                .map_err(|_| self.writer_gone())?;
+                .as_ref()
+                .and_then(|w| w.send(Msg::Write { line, head, done }).ok())
+                .ok_or_else(|| self.writer_gone())?;
             let prev = std::mem::replace(&mut chain.prev, digest.clone());
             chain.next_seq = seq.saturating_add(1);
             (
@@ -423,6 +450,9 @@ fn writer_loop(
                 Msg::Sync { .. } => sync_asked = true,
             }
         }
+        // Waiters need the fsync before their reply only when the policy is EveryRecord or they
+        // asked for it; a Batch sync that falls due is done after replying, off their path.
+        let mut batch_sync_due = false;
         let result: WriteResult = match &broken {
             Some(b) => Err(b.clone()),
             None => {
@@ -432,18 +462,15 @@ fn writer_loop(
                         unsynced += writes;
                         oldest.get_or_insert_with(Instant::now);
                     }
-                    let due = match policy {
-                        FsyncPolicy::EveryRecord => writes > 0,
-                        FsyncPolicy::Batch { records, interval } => {
-                            unsynced >= u64::from(records.max(1))
-                                || oldest.is_some_and(|t| t.elapsed() >= interval)
-                        }
-                        FsyncPolicy::Never => false,
-                    };
-                    if sync_asked || (due && unsynced > 0) {
+                    let sync_now =
+                        sync_asked || (policy == FsyncPolicy::EveryRecord && unsynced > 0);
+                    if sync_now {
                         file.sync_data()?;
                         unsynced = 0;
                         oldest = None;
+                    } else if let FsyncPolicy::Batch { records, interval } = policy {
+                        batch_sync_due = unsynced >= u64::from(records.max(1))
+                            || oldest.is_some_and(|t| t.elapsed() >= interval);
                     }
                     Ok(())
                 })();
@@ -468,6 +495,16 @@ fn writer_loop(
                 Msg::Write { done, .. } | Msg::Sync { done } => done,
             };
             let _ = done.send(result.clone());
+        }
+        if batch_sync_due {
+            match file.sync_data() {
+                Ok(()) => {
+                    unsynced = 0;
+                    oldest = None;
+                }
+                // Acknowledged records reached the OS; later appends learn of the failure.
+                Err(e) => fail(e, &mut broken),
+            }
         }
     }
     if broken.is_none() && unsynced > 0 {

@@ -54,6 +54,7 @@ use crate::error::AuditError;
 use crate::id::{LayerId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::trigger::TriggerRecord;
 
+mod canonical;
 mod chain;
 mod jsonl;
 mod memory;

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! It covers compare-and-swap (create, update, stale versions, create-when-exists, update of a
-//! missing session, the store assigning versions, sessions never changing tenant), listing
+//! missing session, the store assigning versions, sessions never changing tenant, non-finite
+//! measurements refused), listing
 //! (tenant isolation, the suspended and workflow filters, ordering), deletion with CAS, a state
 //! over 1 MB, odd session and tenant ids (empty, `..`, slashes, NUL, case variants, unicode,
 //! 1,000 characters), and concurrency: 16 writers race the same version for several rounds and
@@ -95,6 +96,7 @@ pub async fn run_with_prefix(
     s.create_update_and_stale(&mut checks).await?;
     s.store_assigns_versions(&mut checks).await?;
     s.tenant_is_fixed(&mut checks).await?;
+    s.non_finite_refused(&mut checks).await?;
     s.listing(&mut checks).await?;
     s.deletion(&mut checks).await?;
     s.large_state(&mut checks).await?;
@@ -329,6 +331,28 @@ impl Suite<'_> {
             "the session leaked into the other tenant's listing".into()
         })?;
         ok(C, "cleanup", self.store.delete(&s, 1).await)?;
+        checks.push(C);
+        Ok(())
+    }
+
+    async fn non_finite_refused(
+        &self,
+        checks: &mut Vec<&'static str>,
+    ) -> Result<(), ConformanceFailure> {
+        const C: &str = "non_finite_trigger_refused";
+        let t = self.tenant("a");
+        let s = self.session("nan");
+        let mut susp = suspended(&s, 1);
+        if let Some(tr) = susp.trigger.as_mut() {
+            tr.measured = f64::NAN;
+        }
+        let r = self.store.save(sample(&t, &s, 1).suspend(susp), None).await;
+        ensure(C, matches!(r, Err(CheckpointError::Invalid { .. })), || {
+            format!("a NaN measurement (unreadable once stored as JSON) gave {r:?}, not Invalid")
+        })?;
+        ensure(C, self.load(C, &s).await?.is_none(), || {
+            "a refused save stored something".into()
+        })?;
         checks.push(C);
         Ok(())
     }

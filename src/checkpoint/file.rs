@@ -1,53 +1,4 @@
 //! [`FileCheckpointStore`]: the embedded durable store, one checksummed file per session.
-//!
-//! # Layout
-//!
-//! ```text
-//! <root>/sessions/<name>.ckpt     the checkpoint (header line + JSON payload)
-//! <root>/sessions/<name>.lock     advisory lock serializing writers of this session
-//! <root>/sessions/<name>.tmp      a write in progress (or left by a crash; ignored, cleaned)
-//! <root>/tenants/<tenant>/<name>  empty marker: the session belongs to the tenant (for `list`)
-//! <root>/quarantine/              corrupt checkpoints moved aside by `quarantine`
-//! ```
-//!
-//! `<name>` is the session id with every byte outside `[a-z0-9_-]` percent-encoded (`%2F`), so
-//! no id can climb out of the directory (`..`, `/`, `\`, NUL) and ids that differ only in case
-//! stay distinct on case-insensitive file systems. An id whose encoding would exceed 160
-//! characters is named `~<sha256 hex>` instead; the session id inside the file is checked on
-//! every read.
-//!
-//! # File format
-//!
-//! ```text
-//! downshift-checkpoint v1 sha256:<64 hex> <payload length>\n
-//! <payload: the checkpoint as JSON, exactly <payload length> bytes>
-//! ```
-//!
-//! A file whose header is malformed, whose version is unknown, whose payload is shorter or
-//! longer than declared, or whose payload does not hash to the declared digest is reported as
-//! [`CheckpointError::Corrupt`] naming the file; it is never half-read.
-//!
-//! # Crash safety
-//!
-//! A save writes the whole file to `<name>.tmp`, `fsync`s it, renames it over `<name>.ckpt` and
-//! `fsync`s the directory. A crash at any point leaves either the previous good file or the new
-//! one, never a mix. Leftover `.tmp` files are ignored by reads, overwritten by the next save of
-//! the session and removed when a store is opened on the directory.
-//!
-//! # Concurrency
-//!
-//! Writers of one session (save, delete) hold an exclusive advisory lock on `<name>.lock`
-//! (`flock(2)` on Unix, `LockFileEx` on Windows, through the `fs4` crate). The kernel releases
-//! such a lock when its holder exits or crashes, so there is no stale-lock heuristic that could
-//! let two writers in at once. The compare-and-swap therefore holds across tasks, threads and
-//! processes sharing the directory on a local file system (not over NFS). Readers need no lock:
-//! `rename` is atomic, so a reader sees the old file or the new one.
-//!
-//! # Keeping blocking I/O off the executor
-//!
-//! Every operation runs on the store's [`Offload`]: by default two dedicated worker threads
-//! owned by the store (or a caller-supplied `spawn_blocking` hook, see [`FileStoreOptions`]); the
-//! async method only awaits a oneshot channel. No async runtime is required.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -113,10 +64,59 @@ impl FileStoreOptions {
 }
 
 /// The embedded durable [`CheckpointStore`]: one checksummed file per session in a directory,
-/// written atomically, safe across tasks and processes. See the [module docs](self) for the
-/// layout, file format and crash-safety argument, and `docs/checkpoints.md`.
-///
+/// written atomically, safe across tasks and processes (see also `docs/checkpoints.md`).
 /// Clones share the same directory and workers.
+///
+/// # Layout
+///
+/// ```text
+/// <root>/sessions/<name>.ckpt     the checkpoint (header line + JSON payload)
+/// <root>/sessions/<name>.lock     advisory lock serializing writers of this session
+/// <root>/sessions/<name>.tmp      a write in progress (or left by a crash; ignored, cleaned)
+/// <root>/tenants/<tenant>/<name>  empty marker: the session belongs to the tenant (for `list`)
+/// <root>/quarantine/              corrupt checkpoints moved aside by `quarantine`
+/// ```
+///
+/// `<name>` is the session id with every byte outside `[a-z0-9_-]` percent-encoded (`%2F`), so
+/// no id can climb out of the directory (`..`, `/`, `\`, NUL) and ids that differ only in case
+/// stay distinct on case-insensitive file systems. An id whose encoding would exceed 160
+/// characters is named `~<sha256 hex>` instead; the session id inside the file is checked on
+/// every read.
+///
+/// # File format
+///
+/// ```text
+/// downshift-checkpoint v1 sha256:<64 hex> <payload length>\n
+/// <payload: the checkpoint as JSON, exactly <payload length> bytes>
+/// ```
+///
+/// A file whose header is malformed, whose version is unknown, whose payload is shorter or
+/// longer than declared, or whose payload does not hash to the declared digest is reported as
+/// [`CheckpointError::Corrupt`] naming the file; it is never half-read.
+///
+/// # Crash safety
+///
+/// A save writes the whole file to `<name>.tmp`, `fsync`s it, renames it over `<name>.ckpt` and
+/// `fsync`s the directory. A crash at any point leaves either the previous good file or the new
+/// one, never a mix. Leftover `.tmp` files are ignored by reads, overwritten by the next save of
+/// the session and removed when a store is opened on the directory.
+///
+/// # Concurrency
+///
+/// Writers of one session (save, delete) hold an exclusive advisory lock on `<name>.lock`
+/// (`flock(2)` on Unix, `LockFileEx` on Windows, through the `fs4` crate). The kernel releases
+/// such a lock when its holder exits or crashes, so there is no stale-lock heuristic that could
+/// let two writers in at once. The compare-and-swap therefore holds across tasks, threads and
+/// processes sharing the directory on a local file system (not over NFS). Readers need no lock:
+/// `rename` is atomic, so a reader sees the old file or the new one.
+///
+/// # Keeping blocking I/O off the executor
+///
+/// Every operation runs on the store's [`Offload`]: by default two dedicated worker threads
+/// owned by the store (or a caller-supplied `spawn_blocking` hook, see [`FileStoreOptions`]); the
+/// async method only awaits a oneshot channel. No async runtime is required.
+///
+/// # Example
 ///
 /// ```
 /// use downshift::checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore, TierAt};
@@ -311,12 +311,17 @@ impl Dirs {
             let Some(name) = file.to_str().and_then(|n| n.strip_suffix(".tmp")) else {
                 continue;
             };
-            if let Some(_guard) = lock_session(&self.lock_path(name), false)? {
+            let lock_path = self.lock_path(name);
+            if let Some(guard) = lock_session(&lock_path, false)? {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_at(&entry.path())(e)),
                 }
+                if !self.ckpt_path(name).exists() {
+                    remove_lock_file(&lock_path);
+                }
+                drop(guard);
             }
         }
         Ok(())
@@ -327,6 +332,7 @@ impl Dirs {
         mut checkpoint: Checkpoint,
         expected: Option<u64>,
     ) -> Result<u64, CheckpointError> {
+        checkpoint.validate()?;
         let name = file_name(checkpoint.session.as_str());
         let path = self.ckpt_path(&name);
         let _guard = lock_session(&self.lock_path(&name), true)?;
@@ -419,9 +425,7 @@ impl Dirs {
         // The marker is only an index entry: a stale one is skipped (and cleaned) by `list`.
         let marker = self.tenant_dir(&stored.tenant).join(&name);
         let _ = fs::remove_file(&marker);
-        // Waiters re-check the lock file's identity after locking, so it can go while held.
-        #[cfg(unix)]
-        let _ = fs::remove_file(&lock_path);
+        remove_lock_file(&lock_path);
         drop(guard);
         Ok(())
     }
@@ -469,12 +473,15 @@ impl Dirs {
     /// Removes a marker whose checkpoint is gone, under the session's lock so that a concurrent
     /// first save (marker written, checkpoint about to be) is never undone.
     fn drop_stale_marker(&self, dir: &Path, name: &str) -> Result<(), CheckpointError> {
-        let Some(_guard) = lock_session(&self.lock_path(name), false)? else {
+        let lock_path = self.lock_path(name);
+        let Some(guard) = lock_session(&lock_path, false)? else {
             return Ok(());
         };
         if !self.ckpt_path(name).exists() {
             let _ = fs::remove_file(dir.join(name));
+            remove_lock_file(&lock_path);
         }
+        drop(guard);
         Ok(())
     }
 
@@ -569,7 +576,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let declared: usize = len
         .parse()
         .ok()
-        .filter(|_| !len.starts_with('+') && !(len.len() > 1 && len.starts_with('0')))
+        .filter(|_| {
+            len.bytes().all(|b| b.is_ascii_digit()) && !(len.len() > 1 && len.starts_with('0'))
+        })
         .ok_or_else(|| format!("malformed payload length `{}`", len.escape_debug()))?;
     if payload.len() != declared {
         return Err(format!(
@@ -616,6 +625,16 @@ fn lock_session(path: &Path, blocking: bool) -> Result<Option<File>, CheckpointE
         }
         // A delete removed the lock file while we waited on it: lock the new one.
     }
+}
+
+/// Removes a lock file its caller holds, for a session that has no checkpoint left. Waiters
+/// re-check the lock file's identity after locking (see [`still_linked`]), so it can go while
+/// held. Elsewhere lock files stay: Windows cannot remove an open file.
+fn remove_lock_file(path: &Path) {
+    #[cfg(unix)]
+    let _ = fs::remove_file(path);
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Whether `path` still names the file we locked (a delete may have unlinked it meanwhile).

@@ -52,6 +52,7 @@ impl CheckpointStore for MemoryCheckpointStore {
         mut checkpoint: Checkpoint,
         expected_version: Option<u64>,
     ) -> Result<u64, CheckpointError> {
+        checkpoint.validate()?;
         let mut map = self.map.lock();
         let stored = map.get(&checkpoint.session);
         if let Some(s) = stored {

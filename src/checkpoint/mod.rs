@@ -288,6 +288,28 @@ impl Checkpoint {
         self
     }
 
+    /// Checks the checkpoint can be stored and read back exactly: JSON has no NaN or infinity, so
+    /// a suspension trigger's measured value and threshold must be finite. Both built-in stores
+    /// call this on every save.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), CheckpointError> {
+        if let Some(t) = self.suspended.as_ref().and_then(|s| s.trigger.as_ref()) {
+            for (name, v) in [("measured", t.measured), ("threshold", t.threshold)] {
+                if !v.is_finite() {
+                    return Err(CheckpointError::Invalid {
+                        session: self.session.clone(),
+                        reason: format!(
+                            "suspended.trigger.{name} is {v}: only finite numbers can be stored"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the session is suspended.
     #[must_use]
     pub fn is_suspended(&self) -> bool {

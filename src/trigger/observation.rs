@@ -187,6 +187,9 @@ impl<'a> Observation<'a> {
 /// Queue depth, status-page state and rate-limit readings without a reset time hold for the
 /// evaluator's signal time-to-live and are replaced by newer readings; a poller that stops does
 /// not leave an endpoint blocked forever.
+// Signals are pushed rarely and moved once; boxing the rate-limit reading would only make
+// them clumsier to build.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProviderSignal {
     /// Requests waiting at the provider for this endpoint.
