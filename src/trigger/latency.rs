@@ -1,8 +1,11 @@
 //! Latency percentiles per endpoint over a sliding time window.
 //!
-//! Samples go into a fixed-size log-linear histogram (exact below 32 ms, then 16 sub-buckets per
-//! power of two, so a reported value is within ~3% of the true one; values from 2^22 ms, about
-//! 70 minutes, share the top bucket). The window is a ring of [`SLICES`] + 1 time slices, each
+//! Samples go into a fixed-size log-linear histogram: exact below 32 ms, then 16 sub-buckets per
+//! power of two (values from 2^22 ms, about 70 minutes, share the top bucket). Each bucket also
+//! keeps the sum of its samples, and a percentile reports the mean of the samples in the bucket
+//! that holds it: exact when those samples are equal (a steady 200 ms endpoint reports 200 ms,
+//! not a bucket edge), and never further from the true value than the bucket's width (1/16 of
+//! the value, 6.25%). The window is a ring of [`SLICES`] + 1 time slices, each
 //! with its own histogram, plus an aggregate histogram over all of them: a sample counts for at
 //! least `window` and at most `window + window / SLICES`. Expiring a slice subtracts its counts
 //! from the aggregate.
@@ -88,8 +91,11 @@ pub(crate) struct LatencyWindow {
     clock: RingClock,
     /// `RING` slices of `BUCKETS` counts, flattened.
     slices: Box<[u32]>,
+    /// `RING` slices of `BUCKETS` sums of milliseconds, flattened.
+    slice_sums: Box<[u64]>,
     slice_n: [u64; RING],
     agg: Box<[u64]>,
+    agg_sums: Box<[u64]>,
     n: u64,
     cursors: [Cursor; 3],
     window: Duration,
@@ -103,8 +109,10 @@ impl LatencyWindow {
         LatencyWindow {
             clock: RingClock::new(width, RING),
             slices: vec![0u32; RING * BUCKETS].into_boxed_slice(),
+            slice_sums: vec![0u64; RING * BUCKETS].into_boxed_slice(),
             slice_n: [0; RING],
             agg: vec![0u64; BUCKETS].into_boxed_slice(),
+            agg_sums: vec![0u64; BUCKETS].into_boxed_slice(),
             n: 0,
             cursors: [Cursor::default(); 3],
             window,
@@ -120,8 +128,10 @@ impl LatencyWindow {
     pub(crate) fn advance(&mut self, now: u64) -> bool {
         let mut expired = false;
         let slices = &mut self.slices;
+        let slice_sums = &mut self.slice_sums;
         let slice_n = &mut self.slice_n;
         let agg = &mut self.agg;
+        let agg_sums = &mut self.agg_sums;
         let n = &mut self.n;
         self.clock.advance(now, |slot| {
             let Some(count) = slice_n.get_mut(slot) else {
@@ -139,6 +149,12 @@ impl LatencyWindow {
                     *s = 0;
                 }
             }
+            if let Some(sums) = slice_sums.get_mut(start..start + BUCKETS) {
+                for (a, s) in agg_sums.iter_mut().zip(sums.iter_mut()) {
+                    *a = a.saturating_sub(*s);
+                    *s = 0;
+                }
+            }
             expired = true;
         });
         if expired {
@@ -151,9 +167,16 @@ impl LatencyWindow {
     pub(crate) fn record(&mut self, ms: u64, now: u64) {
         self.advance(now);
         let b = bucket_of(ms);
+        let ms = ms.min(1u64 << 40); // keeps sums far from overflow
         let head = self.clock.head();
         if let Some(c) = self.slices.get_mut(head * BUCKETS + b) {
             *c = c.saturating_add(1);
+        }
+        if let Some(c) = self.slice_sums.get_mut(head * BUCKETS + b) {
+            *c = c.saturating_add(ms);
+        }
+        if let Some(a) = self.agg_sums.get_mut(b) {
+            *a = a.saturating_add(ms);
         }
         if let Some(c) = self.slice_n.get_mut(head) {
             *c += 1;
@@ -228,10 +251,18 @@ impl LatencyWindow {
             return Percentiles::default();
         }
         Percentiles {
-            p50: bucket_value(self.cursors[0].bucket),
-            p95: bucket_value(self.cursors[1].bucket),
-            p99: bucket_value(self.cursors[2].bucket),
+            p50: self.value(self.cursors[0].bucket),
+            p95: self.value(self.cursors[1].bucket),
+            p99: self.value(self.cursors[2].bucket),
             samples: self.n,
+        }
+    }
+
+    /// The mean of the samples in bucket `b` (its midpoint if empty).
+    fn value(&self, b: usize) -> u64 {
+        match (self.agg.get(b), self.agg_sums.get(b)) {
+            (Some(&n), Some(&sum)) if n > 0 => sum / n,
+            _ => bucket_value(b),
         }
     }
 
@@ -268,7 +299,7 @@ mod tests {
     fn exact(samples: &mut [u64], q: u64) -> u64 {
         samples.sort_unstable();
         let r = target_rank(q, samples.len() as u64) as usize;
-        bucket_value(bucket_of(samples[r - 1]))
+        samples[r - 1]
     }
 
     #[test]
@@ -284,9 +315,10 @@ mod tests {
             all.push(ms);
             w.record(ms, 1_000);
             let p = w.percentiles();
-            assert_eq!(p.p50, exact(&mut all.clone(), 500));
-            assert_eq!(p.p95, exact(&mut all.clone(), 950));
-            assert_eq!(p.p99, exact(&mut all.clone(), 990));
+            // The reported value lies in the bucket of the true one.
+            assert_eq!(bucket_of(p.p50), bucket_of(exact(&mut all.clone(), 500)));
+            assert_eq!(bucket_of(p.p95), bucket_of(exact(&mut all.clone(), 950)));
+            assert_eq!(bucket_of(p.p99), bucket_of(exact(&mut all.clone(), 990)));
         }
     }
 
@@ -302,7 +334,10 @@ mod tests {
         w.advance(11_000);
         let p = w.percentiles();
         assert_eq!((p.samples, p.p99), (1, 20));
-        w.advance(16_000);
+        w.record(4_200, 11_000);
+        w.record(4_200, 11_000);
+        assert_eq!(w.percentiles().p99, 4_200, "equal samples report exactly");
+        w.advance(22_000);
         assert_eq!(w.percentiles(), Percentiles::default());
         assert_eq!(w.fresh_until(), u64::MAX);
     }
