@@ -19,19 +19,20 @@ fn outcome() -> impl Strategy<Value = OutcomeClass> {
 }
 
 fn settings(min_calls: u32, extra: u32, rate: f64, slow_rate: f64) -> EvaluatorSettings {
-    let mut s = EvaluatorSettings::default();
-    s.breaker = Breaker {
-        window: Window::Calls(min_calls + extra),
-        min_calls,
-        failure_rate: rate,
-        slow_calls: Some(SlowCalls {
-            latency: Duration::from_millis(1_000),
-            rate: slow_rate,
-        }),
-        consecutive_failures: None,
-        ..Breaker::default()
-    };
-    s
+    EvaluatorSettings {
+        breaker: Breaker {
+            window: Window::Calls(min_calls + extra),
+            min_calls,
+            failure_rate: rate,
+            slow_calls: Some(SlowCalls {
+                latency: Duration::from_millis(1_000),
+                rate: slow_rate,
+            }),
+            consecutive_failures: None,
+            ..Breaker::default()
+        },
+        ..EvaluatorSettings::default()
+    }
 }
 
 proptest! {

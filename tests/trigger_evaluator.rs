@@ -32,25 +32,26 @@ fn secs(s: u64) -> Duration {
 /// consecutive-failure trigger, 3 probes and a fixed (jitter-free) open wait of 10 s doubling up
 /// to 30 s.
 fn settings(window: u32, min_calls: u32) -> EvaluatorSettings {
-    let mut s = EvaluatorSettings::default();
-    s.breaker = Breaker {
-        window: Window::Calls(window),
-        min_calls,
-        failure_rate: 0.5,
-        consecutive_failures: None,
-        ..Breaker::default()
-    };
-    s.half_open = HalfOpen {
-        probes: 3,
-        timeout: secs(60),
-    };
-    s.open_wait = OpenWait {
-        initial: secs(10),
-        multiplier: 2.0,
-        max: secs(30),
-        jitter: 0.0,
-    };
-    s
+    EvaluatorSettings {
+        breaker: Breaker {
+            window: Window::Calls(window),
+            min_calls,
+            failure_rate: 0.5,
+            consecutive_failures: None,
+            ..Breaker::default()
+        },
+        half_open: HalfOpen {
+            probes: 3,
+            timeout: secs(60),
+        },
+        open_wait: OpenWait {
+            initial: secs(10),
+            multiplier: 2.0,
+            max: secs(30),
+            jitter: 0.0,
+        },
+        ..EvaluatorSettings::default()
+    }
 }
 
 fn evaluator(s: &EvaluatorSettings) -> TriggerEvaluator {
@@ -267,8 +268,8 @@ fn a_failed_probe_reopens_with_a_longer_wait_capped_at_max() {
     let reopen = eval
         .drain_events()
         .into_iter()
-        .filter(|e| e.from == BreakerState::HalfOpen)
-        .last()
+        .rev()
+        .find(|e| e.from == BreakerState::HalfOpen)
         .unwrap();
     assert_eq!(reopen.trigger.kind, TriggerKind::ProbeFailed);
     assert_eq!(reopen.reopens, 3);
@@ -1037,31 +1038,33 @@ fn bad_input_is_a_typed_error_and_records_nothing() {
 
 #[test]
 fn odd_settings_do_not_panic() {
-    let mut s = EvaluatorSettings::default();
-    s.breaker = Breaker {
-        capacity_errors: vec![OutcomeClass::ContextLengthExceeded, OutcomeClass::Timeout],
-        window: Window::Calls(0),
-        min_calls: 0,
-        failure_rate: f64::NAN,
-        slow_calls: Some(SlowCalls {
-            latency: Duration::ZERO,
-            rate: -1.0,
-        }),
-        consecutive_failures: Some(0),
-    };
-    s.half_open = HalfOpen {
-        probes: 0,
-        timeout: Duration::ZERO,
-    };
-    s.open_wait = OpenWait {
-        initial: Duration::MAX,
-        multiplier: f64::INFINITY,
-        max: Duration::ZERO,
-        jitter: f64::NAN,
-    };
-    s.latency = LatencyWindow {
-        window: Duration::ZERO,
-        min_samples: 0,
+    let s = EvaluatorSettings {
+        breaker: Breaker {
+            capacity_errors: vec![OutcomeClass::ContextLengthExceeded, OutcomeClass::Timeout],
+            window: Window::Calls(0),
+            min_calls: 0,
+            failure_rate: f64::NAN,
+            slow_calls: Some(SlowCalls {
+                latency: Duration::ZERO,
+                rate: -1.0,
+            }),
+            consecutive_failures: Some(0),
+        },
+        half_open: HalfOpen {
+            probes: 0,
+            timeout: Duration::ZERO,
+        },
+        open_wait: OpenWait {
+            initial: Duration::MAX,
+            multiplier: f64::INFINITY,
+            max: Duration::ZERO,
+            jitter: f64::NAN,
+        },
+        latency: LatencyWindow {
+            window: Duration::ZERO,
+            min_samples: 0,
+        },
+        ..EvaluatorSettings::default()
     };
     let eval = TriggerEvaluator::new(&s, 1, u64::MAX).unwrap();
     let t = TenantId::new("t");

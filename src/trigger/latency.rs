@@ -86,16 +86,18 @@ pub(crate) struct Percentiles {
 
 /// A sliding-window latency histogram. Not thread-safe on its own: the evaluator keeps one per
 /// endpoint behind that endpoint's mutex and publishes [`Percentiles`] to atomics.
+///
+/// Counts and sums are interleaved (`[count, sum]` per bucket) so recording a sample touches one
+/// cache line per histogram; the arrays are zero-initialised, so pages of buckets never used are
+/// never touched.
 #[derive(Debug)]
 pub(crate) struct LatencyWindow {
     clock: RingClock,
-    /// `RING` slices of `BUCKETS` counts, flattened.
-    slices: Box<[u32]>,
-    /// `RING` slices of `BUCKETS` sums of milliseconds, flattened.
-    slice_sums: Box<[u64]>,
+    /// `RING` slices of `BUCKETS` `[count, sum_ms]` pairs, flattened.
+    slices: Box<[u64]>,
     slice_n: [u64; RING],
+    /// `BUCKETS` `[count, sum_ms]` pairs over the whole window.
     agg: Box<[u64]>,
-    agg_sums: Box<[u64]>,
     n: u64,
     cursors: [Cursor; 3],
     window: Duration,
@@ -108,11 +110,9 @@ impl LatencyWindow {
         let width = (window_ms / SLICES as u64).max(1);
         LatencyWindow {
             clock: RingClock::new(width, RING),
-            slices: vec![0u32; RING * BUCKETS].into_boxed_slice(),
-            slice_sums: vec![0u64; RING * BUCKETS].into_boxed_slice(),
+            slices: vec![0u64; RING * BUCKETS * 2].into_boxed_slice(),
             slice_n: [0; RING],
-            agg: vec![0u64; BUCKETS].into_boxed_slice(),
-            agg_sums: vec![0u64; BUCKETS].into_boxed_slice(),
+            agg: vec![0u64; BUCKETS * 2].into_boxed_slice(),
             n: 0,
             cursors: [Cursor::default(); 3],
             window,
@@ -124,14 +124,17 @@ impl LatencyWindow {
         self.window
     }
 
+    /// Samples in bucket `b` of the aggregate.
+    fn count(&self, b: usize) -> u64 {
+        self.agg.get(2 * b).copied().unwrap_or(0)
+    }
+
     /// Expires slices that left the window at `now`. Returns whether anything expired.
     pub(crate) fn advance(&mut self, now: u64) -> bool {
         let mut expired = false;
         let slices = &mut self.slices;
-        let slice_sums = &mut self.slice_sums;
         let slice_n = &mut self.slice_n;
         let agg = &mut self.agg;
-        let agg_sums = &mut self.agg_sums;
         let n = &mut self.n;
         self.clock.advance(now, |slot| {
             let Some(count) = slice_n.get_mut(slot) else {
@@ -142,15 +145,9 @@ impl LatencyWindow {
             }
             *n = n.saturating_sub(*count);
             *count = 0;
-            let start = slot * BUCKETS;
-            if let Some(slice) = slices.get_mut(start..start + BUCKETS) {
+            let start = slot * BUCKETS * 2;
+            if let Some(slice) = slices.get_mut(start..start + BUCKETS * 2) {
                 for (a, s) in agg.iter_mut().zip(slice.iter_mut()) {
-                    *a = a.saturating_sub(u64::from(*s));
-                    *s = 0;
-                }
-            }
-            if let Some(sums) = slice_sums.get_mut(start..start + BUCKETS) {
-                for (a, s) in agg_sums.iter_mut().zip(sums.iter_mut()) {
                     *a = a.saturating_sub(*s);
                     *s = 0;
                 }
@@ -169,20 +166,17 @@ impl LatencyWindow {
         let b = bucket_of(ms);
         let ms = ms.min(1u64 << 40); // keeps sums far from overflow
         let head = self.clock.head();
-        if let Some(c) = self.slices.get_mut(head * BUCKETS + b) {
-            *c = c.saturating_add(1);
+        let at = (head * BUCKETS + b) * 2;
+        if let Some([c, sum]) = self.slices.get_mut(at..at + 2) {
+            *c += 1;
+            *sum = sum.saturating_add(ms);
         }
-        if let Some(c) = self.slice_sums.get_mut(head * BUCKETS + b) {
-            *c = c.saturating_add(ms);
-        }
-        if let Some(a) = self.agg_sums.get_mut(b) {
-            *a = a.saturating_add(ms);
+        if let Some([c, sum]) = self.agg.get_mut(2 * b..2 * b + 2) {
+            *c += 1;
+            *sum = sum.saturating_add(ms);
         }
         if let Some(c) = self.slice_n.get_mut(head) {
             *c += 1;
-        }
-        if let Some(a) = self.agg.get_mut(b) {
-            *a += 1;
         }
         self.n += 1;
         if self.n == 1 {
@@ -203,15 +197,13 @@ impl LatencyWindow {
         }
     }
 
-    /// Moves a cursor so that `below < r <= below + agg[bucket]`.
+    /// Moves a cursor so that `below < r <= below + count(bucket)`.
     fn fix(&self, mut c: Cursor, r: u64) -> Cursor {
         loop {
-            let here = self.agg.get(c.bucket).copied().unwrap_or(0);
+            let here = self.count(c.bucket);
             if c.below >= r && c.bucket > 0 {
                 c.bucket -= 1;
-                c.below = c
-                    .below
-                    .saturating_sub(self.agg.get(c.bucket).copied().unwrap_or(0));
+                c.below = c.below.saturating_sub(self.count(c.bucket));
             } else if c.below + here < r && c.bucket + 1 < BUCKETS {
                 c.below += here;
                 c.bucket += 1;
@@ -230,8 +222,8 @@ impl LatencyWindow {
         let targets = QUANTILES.map(|q| target_rank(q, self.n));
         let mut found = [false; 3];
         let mut below = 0u64;
-        for (b, count) in self.agg.iter().enumerate() {
-            let upto = below + count;
+        for b in 0..BUCKETS {
+            let upto = below + self.count(b);
             for i in 0..3 {
                 if !found[i] && upto >= targets[i] {
                     self.cursors[i] = Cursor { bucket: b, below };
@@ -260,8 +252,8 @@ impl LatencyWindow {
 
     /// The mean of the samples in bucket `b` (its midpoint if empty).
     fn value(&self, b: usize) -> u64 {
-        match (self.agg.get(b), self.agg_sums.get(b)) {
-            (Some(&n), Some(&sum)) if n > 0 => sum / n,
+        match self.agg.get(2 * b..2 * b + 2) {
+            Some(&[n, sum]) if n > 0 => sum / n,
             _ => bucket_value(b),
         }
     }
