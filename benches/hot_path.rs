@@ -5,7 +5,9 @@
 //! check by id and by handle, the health snapshot), `threads` (one call's check, budget check
 //! and observe on one and two threads, for scaling) and `baseline` (a plain `HashMap<String, _>`
 //! lookup among the same 100,000 tenants, and one dependent cache miss: the machine's floor for
-//! any per-tenant state). A later issue adds `route` to this file: build on [`Fixture`].
+//! any per-tenant state). `observe_oncpu` and `health_oncpu` repeat the first two groups
+//! measuring each thread's time on a CPU instead of elapsed time (see [`OnCpu`]). A later issue
+//! adds `route` to this file: build on [`Fixture`] and register it in `hot_path`.
 //!
 //! The fixture has 500 endpoints and 100,000 tenants, each with an hourly budget, a session
 //! budget and a P95 ceiling; inputs are drawn in a pseudo-random order (not one hot tenant), and
@@ -18,6 +20,7 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use downshift::policy::{Budget, BudgetAction, RateLimitRemaining, Window, WindowBudget};
 use downshift::trigger::{
@@ -247,8 +250,8 @@ impl Fixture {
     }
 }
 
-fn observe(c: &mut Criterion, f: &Fixture) {
-    let mut g = c.benchmark_group("observe");
+fn observe<M: Measurement>(c: &mut Criterion<M>, f: &Fixture, suffix: &str) {
+    let mut g = c.benchmark_group(format!("observe{suffix}"));
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
     g.bench_function("observe_500_endpoints_100k_tenants", |b| {
@@ -272,8 +275,8 @@ fn observe(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
-fn health(c: &mut Criterion, f: &Fixture) {
-    let mut g = c.benchmark_group("health");
+fn health<M: Measurement>(c: &mut Criterion<M>, f: &Fixture, suffix: &str) {
+    let mut g = c.benchmark_group(format!("health{suffix}"));
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
     g.bench_function("check_endpoint_for_tenant", |b| {
@@ -308,41 +311,65 @@ fn health(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// This thread's time on a CPU so far (Linux: `/proc/thread-self/schedstat`), or `None`
+/// elsewhere.
+fn on_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// What one call of an agent pays (check the endpoint, check the budget, observe the outcome,
 /// through the session's budget handle), on one and two threads.
+///
+/// Two clocks: `wall` is elapsed time (the slowest thread), which on a shared machine includes
+/// time other processes hold the CPU; `oncpu` is each thread's own time on a CPU (averaged over
+/// the threads), which is what the code costs. With no lock contention or cache-line
+/// ping-pong, `oncpu` per call is the same on two threads as on one.
 fn threads(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("threads");
     for n in [1u64, 2] {
-        g.throughput(Throughput::Elements(n));
-        g.bench_function(format!("observe_check_budget_{n}_threads"), |b| {
-            b.iter_custom(|iters| {
-                let barrier = Barrier::new(n as usize);
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..n)
-                        .map(|t| {
-                            let barrier = &barrier;
-                            s.spawn(move || {
-                                barrier.wait();
-                                let start = Instant::now();
-                                let base = t * 1_000_003;
-                                for k in 0..iters {
-                                    let i = base + k;
-                                    black_box(f.check(i));
-                                    black_box(f.check_budget_with_handle(i));
-                                    f.observe_with_handle(i);
-                                }
-                                start.elapsed()
+        for clock in ["wall", "oncpu"] {
+            g.throughput(Throughput::Elements(n));
+            g.bench_function(format!("call_{n}_threads_{clock}"), |b| {
+                b.iter_custom(|iters| {
+                    let barrier = Barrier::new(n as usize);
+                    let times: Vec<Duration> = std::thread::scope(|s| {
+                        let handles: Vec<_> = (0..n)
+                            .map(|t| {
+                                let barrier = &barrier;
+                                s.spawn(move || {
+                                    barrier.wait();
+                                    let cpu = on_cpu();
+                                    let start = Instant::now();
+                                    let base = t * 1_000_003;
+                                    for k in 0..iters {
+                                        let i = base + k;
+                                        black_box(f.check(i));
+                                        black_box(f.check_budget_with_handle(i));
+                                        f.observe_with_handle(i);
+                                    }
+                                    let wall = start.elapsed();
+                                    match (clock, cpu, on_cpu()) {
+                                        ("oncpu", Some(a), Some(b)) => b.saturating_sub(a),
+                                        _ => wall,
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("thread"))
-                        .max()
-                        .unwrap_or_default()
-                })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("thread"))
+                            .collect()
+                    });
+                    if clock == "wall" {
+                        times.into_iter().max().unwrap_or_default()
+                    } else {
+                        times.iter().sum::<Duration>() / u32::try_from(n).unwrap_or(1)
+                    }
+                });
             });
-        });
+        }
     }
     g.finish();
 }
@@ -387,13 +414,54 @@ fn baseline(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// Criterion measurement of this thread's time on a CPU instead of elapsed time: on a shared,
+/// overloaded machine elapsed time also counts the time other processes hold the CPU. Falls back
+/// to zero (and so to meaningless figures) where `/proc/thread-self/schedstat` does not exist.
+struct OnCpu;
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for OnCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        on_cpu().unwrap_or_default()
+    }
+    fn end(&self, i: Duration) -> Duration {
+        on_cpu().unwrap_or_default().saturating_sub(i)
+    }
+    fn add(&self, v1: &Duration, v2: &Duration) -> Duration {
+        *v1 + *v2
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
+
 fn hot_path(c: &mut Criterion) {
     let f = Fixture::new();
-    observe(c, &f);
-    health(c, &f);
+    observe(c, &f, "");
+    health(c, &f, "");
     threads(c, &f);
     baseline(c, &f);
 }
 
+fn hot_path_on_cpu(c: &mut Criterion<OnCpu>) {
+    let f = Fixture::new();
+    observe(c, &f, "_oncpu");
+    health(c, &f, "_oncpu");
+}
+
 criterion_group!(benches, hot_path);
-criterion_main!(benches);
+criterion_group! {
+    name = benches_on_cpu;
+    config = Criterion::default().with_measurement(OnCpu);
+    targets = hot_path_on_cpu
+}
+criterion_main!(benches, benches_on_cpu);

@@ -307,6 +307,10 @@ fn a_permit_reported_twice_counts_once_and_an_inconclusive_probe_frees_its_permi
     open_breaker(&eval, &t, at(0));
     let now = at(10_000);
     let p1 = granted(eval.try_acquire_probe(E0, now).unwrap());
+    // A permit reported on another endpoint's call counts for neither.
+    let elsewhere = Observation::new(E1, &t, OutcomeClass::Ok, now, Duration::ZERO).probe(p1);
+    eval.observe(&elsewhere, now).unwrap();
+    assert_eq!(eval.health(E0, now).unwrap().probes_left, Some(2));
     let ok = Observation::new(E0, &t, OutcomeClass::Ok, now, Duration::ZERO).probe(p1);
     eval.observe(&ok, now).unwrap();
     eval.observe(&ok, now).unwrap();

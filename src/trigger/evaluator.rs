@@ -576,12 +576,12 @@ impl TriggerEvaluator {
                 self.apply_rate_limit(inner, hot, rl, finished, now_ms);
             }
             let before = inner.breaker.reported();
+            // A permit only ever counts for the endpoint it was granted for.
+            let probe = obs.probe.filter(|p| p.endpoint == obs.endpoint);
             inner
                 .breaker
-                .record(&self.breaker, flags, obs.probe, now_ms, &mut |e| {
-                    self.emit(e)
-                });
-            if before != inner.breaker.reported() || obs.probe.is_some() {
+                .record(&self.breaker, flags, probe, now_ms, &mut |e| self.emit(e));
+            if before != inner.breaker.reported() || probe.is_some() {
                 self.publish(hot, inner);
             }
         }
