@@ -311,12 +311,24 @@ fn health<M: Measurement>(c: &mut Criterion<M>, f: &Fixture, suffix: &str) {
     g.finish();
 }
 
-/// This thread's time on a CPU so far (Linux: `/proc/thread-self/schedstat`), or `None`
-/// elsewhere.
+/// This thread's time on a CPU so far (`CLOCK_THREAD_CPUTIME_ID`, nanosecond resolution), or
+/// `None` where there is no such clock.
+#[cfg(unix)]
 fn on_cpu() -> Option<Duration> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` only writes the `timespec` we own and pass by valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    (rc == 0).then(|| Duration::new(secs, nanos))
+}
+
+#[cfg(not(unix))]
+fn on_cpu() -> Option<Duration> {
+    None
 }
 
 /// What one call of an agent pays (check the endpoint, check the budget, observe the outcome,
@@ -415,8 +427,8 @@ fn baseline(c: &mut Criterion, f: &Fixture) {
 }
 
 /// Criterion measurement of this thread's time on a CPU instead of elapsed time: on a shared,
-/// overloaded machine elapsed time also counts the time other processes hold the CPU. Falls back
-/// to zero (and so to meaningless figures) where `/proc/thread-self/schedstat` does not exist.
+/// overloaded machine elapsed time also counts the time other processes hold the CPU. Reads
+/// zero (meaningless figures) where the thread CPU-time clock does not exist.
 struct OnCpu;
 
 static WALL: WallTime = WallTime;
