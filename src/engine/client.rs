@@ -1,5 +1,6 @@
 //! The traits callers implement: [`ModelClient`] for their providers, [`Notifier`] for real-time
-//! notices, and [`Sleeper`] for waiting without tying the crate to a runtime.
+//! notices, and [`Sleeper`] for waiting without tying the crate to a runtime (with the `tokio`
+//! feature, [`TokioSleeper`] is one).
 
 use std::time::Duration;
 
@@ -365,5 +366,35 @@ impl Sleeper for NoSleep {
 
     fn keeps_time(&self) -> bool {
         false
+    }
+}
+
+/// A [`Sleeper`] on Tokio's timer (feature `tokio`): backoff waits with `tokio::time::sleep`, and
+/// the engine races each call against its deadline, so a call still running at its deadline
+/// ends there as a [`OutcomeClass::Timeout`] failure (the provider's future is dropped).
+///
+/// The engine's futures must be polled inside a Tokio runtime with the time driver enabled
+/// (`#[tokio::main]`, or a runtime built with `enable_time()` / `enable_all()`); Tokio panics
+/// otherwise. Under paused time (`tokio::time::pause`, feature `test-util`) it sleeps in
+/// virtual time. The engine's [`Clock`](crate::Clock) is separate: a deadline is measured
+/// from the clock's `now`, then slept out on Tokio's timer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use downshift::engine::{Sleeper, TokioSleeper};
+///
+/// let sleeper: Arc<dyn Sleeper> = Arc::new(TokioSleeper);
+/// assert!(sleeper.keeps_time());
+/// // Engine::builder(policies, client).sleeper(sleeper).build()
+/// ```
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioSleeper;
+
+#[cfg(feature = "tokio")]
+#[async_trait]
+impl Sleeper for TokioSleeper {
+    async fn sleep(&self, d: Duration) {
+        tokio::time::sleep(d).await;
     }
 }
