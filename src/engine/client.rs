@@ -91,16 +91,49 @@ pub struct ModelError {
 
 impl ModelError {
     /// An error classified from a provider's HTTP status, headers and body (see
-    /// [`classify_http`](crate::trigger::classify_http)).
+    /// [`classify_http`](crate::trigger::classify_http)): the class, whether a retry can help,
+    /// the provider's retry-after and rate-limit state. Call it for a response that is not a
+    /// success; for a `2xx` the class is [`OutcomeClass::Ok`] unless the body carries an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use downshift::engine::ModelError;
+    /// use downshift::OutcomeClass;
+    ///
+    /// let headers = [("retry-after", "20"), ("x-ratelimit-remaining-requests", "0")];
+    /// let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+    /// let e = ModelError::from_http(429, &headers, body);
+    /// assert_eq!(e.class(), OutcomeClass::RateLimited);
+    /// assert_eq!(e.classification.retry_after, Some(Duration::from_secs(20)));
+    /// assert!(e.to_string().starts_with("HTTP 429"));
+    /// ```
     #[must_use]
     pub fn from_http(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
         let classification = crate::trigger::classify_http(status, headers, body);
         ModelError {
-            message: format!(
-                "HTTP {status}: {} ({})",
-                classification.class, classification.rule
-            ),
+            // `Display` adds the class.
+            message: format!("HTTP {status}, rule {}", classification.rule),
             classification: Box::new(classification),
+            usage: TokenUsage::default(),
+        }
+    }
+
+    /// An error from a classification the caller already has: an error event in a stream
+    /// ([`classify_stream_event`](crate::trigger::classify_stream_event)), a transport failure
+    /// ([`classify_transport_timeout`](crate::trigger::classify_transport_timeout),
+    /// [`classify_connection_failure`](crate::trigger::classify_connection_failure)).
+    ///
+    /// ```
+    /// use downshift::engine::ModelError;
+    /// use downshift::{OutcomeClass, classify_transport_timeout};
+    /// let e = ModelError::classified(classify_transport_timeout(), "read timed out after 30s");
+    /// assert_eq!(e.class(), OutcomeClass::Timeout);
+    /// ```
+    #[must_use]
+    pub fn classified(classification: Classification, message: impl Into<String>) -> Self {
+        ModelError {
+            classification: Box::new(classification),
+            message: message.into(),
             usage: TokenUsage::default(),
         }
     }
