@@ -109,7 +109,7 @@ impl<T: HttpTransport> ModelClient<Value, String> for OpenAiCompatible<T> {
         Ok(ModelResponse {
             output: text.unwrap_or_default().into(),
             usage: usage_of(&v).unwrap_or_default(),
-            headers, // the engine reads the rate-limit state from them
+            headers, // passed through to the caller in `Completed::response`
         })
     }
 
