@@ -1,10 +1,10 @@
 //! Implementing `ModelClient` for an OpenAI-compatible chat-completions API.
 //!
-//! downshift performs no network I/O: you bring the HTTP client (reqwest, hyper...), here behind
-//! a small `HttpTransport` trait. The example shows the mapping: the request from the engine's
-//! `ModelRequest`, the deadline as a timeout, the answer, usage and headers back, and every
-//! failure classified. A canned transport replays real provider responses to a real `Engine`
-//! over `examples/policies`. Run: `cargo run --example openai_compatible_client`
+//! downshift performs no network I/O: you bring the HTTP client (reqwest, hyper...), here behind a
+//! small `HttpTransport` trait. Shown: the request from `ModelRequest`, the deadline as a timeout,
+//! the answer, usage and headers back, every failure classified; a canned transport replays real
+//! provider responses through an `Engine` over `examples/policies`. Run it with
+//! `cargo run --example openai_compatible_client`.
 
 use std::{collections::HashMap, io::ErrorKind, sync::Arc, time::Duration};
 
@@ -22,7 +22,6 @@ use serde_json::{Value, json};
 
 /// An HTTP response as any HTTP client returns it: status, headers, body.
 type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
-/// The engine's request; the payload is the agent's chat request (`{"messages": [...]}`).
 type Request = ModelRequest<Value>;
 const JSON: (&str, &str) = ("content-type", "application/json");
 
