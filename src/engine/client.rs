@@ -1,5 +1,6 @@
 //! The traits callers implement: [`ModelClient`] for their providers, [`Notifier`] for real-time
-//! notices, and [`Sleeper`] for waiting without tying the crate to a runtime.
+//! notices, and [`Sleeper`] for waiting without tying the crate to a runtime (with the `tokio`
+//! feature, [`TokioSleeper`] is one).
 
 use std::time::Duration;
 
@@ -90,16 +91,49 @@ pub struct ModelError {
 
 impl ModelError {
     /// An error classified from a provider's HTTP status, headers and body (see
-    /// [`classify_http`](crate::trigger::classify_http)).
+    /// [`classify_http`](crate::trigger::classify_http)): the class, whether a retry can help,
+    /// the provider's retry-after and rate-limit state. Call it for a response that is not a
+    /// success; for a `2xx` the class is [`OutcomeClass::Ok`] unless the body carries an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use downshift::engine::ModelError;
+    /// use downshift::OutcomeClass;
+    ///
+    /// let headers = [("retry-after", "20"), ("x-ratelimit-remaining-requests", "0")];
+    /// let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+    /// let e = ModelError::from_http(429, &headers, body);
+    /// assert_eq!(e.class(), OutcomeClass::RateLimited);
+    /// assert_eq!(e.classification.retry_after, Some(Duration::from_secs(20)));
+    /// assert!(e.to_string().starts_with("HTTP 429"));
+    /// ```
     #[must_use]
     pub fn from_http(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Self {
         let classification = crate::trigger::classify_http(status, headers, body);
         ModelError {
-            message: format!(
-                "HTTP {status}: {} ({})",
-                classification.class, classification.rule
-            ),
+            // `Display` adds the class.
+            message: format!("HTTP {status}, rule {}", classification.rule),
             classification: Box::new(classification),
+            usage: TokenUsage::default(),
+        }
+    }
+
+    /// An error from a classification the caller already has: an error event in a stream
+    /// ([`classify_stream_event`](crate::trigger::classify_stream_event)), a transport failure
+    /// ([`classify_transport_timeout`](crate::trigger::classify_transport_timeout),
+    /// [`classify_connection_failure`](crate::trigger::classify_connection_failure)).
+    ///
+    /// ```
+    /// use downshift::engine::ModelError;
+    /// use downshift::{OutcomeClass, classify_transport_timeout};
+    /// let e = ModelError::classified(classify_transport_timeout(), "read timed out after 30s");
+    /// assert_eq!(e.class(), OutcomeClass::Timeout);
+    /// ```
+    #[must_use]
+    pub fn classified(classification: Classification, message: impl Into<String>) -> Self {
+        ModelError {
+            classification: Box::new(classification),
+            message: message.into(),
             usage: TokenUsage::default(),
         }
     }
@@ -365,5 +399,35 @@ impl Sleeper for NoSleep {
 
     fn keeps_time(&self) -> bool {
         false
+    }
+}
+
+/// A [`Sleeper`] on Tokio's timer (feature `tokio`): backoff waits with `tokio::time::sleep`, and
+/// the engine races each call against its deadline, so a call still running at its deadline
+/// ends there as a [`OutcomeClass::Timeout`] failure (the provider's future is dropped).
+///
+/// The engine's futures must be polled inside a Tokio runtime with the time driver enabled
+/// (`#[tokio::main]`, or a runtime built with `enable_time()` / `enable_all()`); Tokio panics
+/// otherwise. Under paused time (`tokio::time::pause`, feature `test-util`) it sleeps in
+/// virtual time. The engine's [`Clock`](crate::Clock) is separate: a deadline is measured
+/// from the clock's `now`, then slept out on Tokio's timer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use downshift::engine::{Sleeper, TokioSleeper};
+///
+/// let sleeper: Arc<dyn Sleeper> = Arc::new(TokioSleeper);
+/// assert!(sleeper.keeps_time());
+/// // Engine::builder(policies, client).sleeper(sleeper).build()
+/// ```
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioSleeper;
+
+#[cfg(feature = "tokio")]
+#[async_trait]
+impl Sleeper for TokioSleeper {
+    async fn sleep(&self, d: Duration) {
+        tokio::time::sleep(d).await;
     }
 }

@@ -52,6 +52,8 @@ use futures::future::{Either, select};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+#[cfg(feature = "tokio")]
+pub use client::TokioSleeper;
 pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
