@@ -112,7 +112,7 @@ impl FileStoreOptions {
 ///
 /// # Keeping blocking I/O off the executor
 ///
-/// Every operation runs on the store's [`Offload`]: by default two dedicated worker threads
+/// Every operation runs on the store's [`Offload`](crate::blocking::Offload): by default two dedicated worker threads
 /// owned by the store (or a caller-supplied `spawn_blocking` hook, see [`FileStoreOptions`]); the
 /// async method only awaits a oneshot channel. No async runtime is required.
 ///

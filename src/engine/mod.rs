@@ -334,7 +334,8 @@ where
         self
     }
 
-    /// This replica's name in the health exchange (default: `replica-<seed>`).
+    /// This replica's name in the health exchange (default: a name drawn at random for this
+    /// engine). Give each replica a stable, distinct name.
     pub fn replica(mut self, name: impl Into<String>) -> Self {
         self.replica = Some(name.into());
         self
@@ -409,9 +410,7 @@ where
                     .approvals
                     .unwrap_or_else(|| Arc::new(MemoryApprovalStore::new())),
                 exchange: self.exchange,
-                replica: self
-                    .replica
-                    .unwrap_or_else(|| format!("replica-{}", self.seed)),
+                replica: self.replica.unwrap_or_else(default_replica_name),
                 freshness: self.freshness,
                 workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
@@ -1929,6 +1928,16 @@ struct Routed {
     set: Arc<PolicySet>,
     deadline: Option<Timestamp>,
     now: Timestamp,
+}
+
+/// A replica name unique to this process: two engines that were not given names never take
+/// each other's health records for their own.
+fn default_replica_name() -> String {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n));
+    format!("replica-{r:016x}")
 }
 
 /// The refusal of a request the provider rejected as such.
