@@ -224,3 +224,47 @@ fn a_reload_is_validated_whole_audited_and_cited_by_later_calls() {
     };
     assert_ne!(before, after);
 }
+
+/// Answers with OpenAI-style rate-limit headers showing almost no requests left.
+struct NearlyThrottled;
+
+#[async_trait]
+impl ModelClient for NearlyThrottled {
+    async fn call(&self, _req: ModelRequest<Value>) -> Result<ModelResponse<Value>, ModelError> {
+        let mut r = ModelResponse::new(json!({}), TokenUsage::default());
+        r.headers = vec![
+            ("x-ratelimit-limit-requests".into(), "1000".into()),
+            ("x-ratelimit-remaining-requests".into(), "3".into()),
+            ("x-ratelimit-reset-requests".into(), "20s".into()),
+        ];
+        Ok(r)
+    }
+}
+
+#[test]
+fn rate_limit_headers_on_successes_move_traffic_off_before_any_429() {
+    let mut sources = Source::read_paths(&["examples/policies"]).unwrap();
+    for s in &mut sources {
+        if s.name.ends_with("marketing-agency.json") {
+            let mut v: Value = serde_json::from_str(&s.text).unwrap();
+            v["triggers"]["rate_limit_remaining"] = json!({"min_requests_fraction": 0.05});
+            s.text = v.to_string();
+        }
+    }
+    let set = PolicySet::from_sources(sources).unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    let engine: Engine = Engine::builder(set, Arc::new(NearlyThrottled))
+        .clock(Arc::new(clock))
+        .build()
+        .unwrap();
+    let first = block_on(engine.call(Call::new("marketing-agency", "copywriting", json!({}))));
+    assert_eq!(
+        first.completed().unwrap().served_by.endpoint.as_str(),
+        "frontier-vendor-eu"
+    );
+    // 3 of 1000 left (0.3% < 5%): the next call goes elsewhere, though nothing failed.
+    match block_on(engine.call(Call::new("marketing-agency", "copywriting", json!({})))) {
+        CallResult::Completed(c) => assert_ne!(c.served_by.endpoint.as_str(), "frontier-vendor-eu"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1010,8 +1010,22 @@ where
             }
             _ => fut.await,
         };
+        // A success's headers carry the provider's rate-limit headroom: reading it lets the
+        // `rate_limit_remaining` trigger move traffic off an endpoint before it returns 429s.
+        let success = match &result {
+            Ok(r) if !r.headers.is_empty() => {
+                let headers: Vec<(&str, &str)> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let c = crate::trigger::classify_http(200, &headers, b"");
+                (c.class == OutcomeClass::Ok).then_some(c)
+            }
+            _ => None,
+        };
         let (class, usage, classification) = match &result {
-            Ok(r) => (OutcomeClass::Ok, r.usage, None),
+            Ok(r) => (OutcomeClass::Ok, r.usage, success.as_ref()),
             Err(e) => (e.class(), e.usage, Some(&*e.classification)),
         };
         self.observe_attempt(call, view, route, ep, class, usage, classification, started);
@@ -1587,6 +1601,15 @@ where
         let mut resumed = cp.clone();
         resumed.suspended = None;
         resumed.created_at = self.inner.clock.now();
+        // A resumed session starts again from the top of what its policy now allows, on every
+        // replica that reads this checkpoint.
+        let set = self.inner.policies.current();
+        if let Ok(tp) = set.tenant(cp.tenant.as_str()) {
+            let view = tp.default_view();
+            if let Some(top) = view.top_tier() {
+                resumed.tier = tier_at(view, set.catalog(), top, None);
+            }
+        }
         let version = match store.save(resumed.clone(), Some(cp.version)).await {
             Ok(v) => v,
             Err(CheckpointError::Conflict { .. }) => {
