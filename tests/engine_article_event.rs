@@ -222,6 +222,13 @@ fn the_2am_event_end_to_end() {
     ] {
         w.script.heal(id);
     }
+    // Nothing is "back" on no news: the platform's synthetic probes must see it answer.
+    assert!(block_on(e.ready_to_resume()).unwrap().is_empty());
+    for endpoint in e.probes_due() {
+        while let Ok(Some(OutcomeClass::Ok)) = block_on(e.probe(&endpoint, json!({"ping": 1}))) {}
+    }
+    // ...and it must stay healthy for the policy's `healthy_for` (3 minutes in the template).
+    w.clock.advance(Duration::from_secs(4 * 60));
     let ready = block_on(e.ready_to_resume()).unwrap();
     assert!(
         ready.iter().any(|r| r.session.as_str() == "ward-7"),

@@ -54,7 +54,7 @@ use sha2::{Digest as _, Sha256};
 use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
 use crate::error::CheckpointError;
-use crate::id::{EndpointId, SessionId, TenantId, WorkflowId};
+use crate::id::{EndpointId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::trigger::TriggerRecord;
 
 pub mod conformance;
@@ -235,6 +235,9 @@ pub struct Checkpoint {
     /// their workflow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<WorkflowId>,
+    /// The task kind the session runs, when known (its policy view decides where it may resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskKind>,
     /// The version assigned by the store: 1 on creation, +1 on every save.
     pub version: u64,
     /// When this checkpoint was taken.
@@ -265,6 +268,7 @@ impl Checkpoint {
             tenant,
             session,
             workflow: None,
+            task: None,
             version: 0,
             created_at,
             tier,
@@ -340,6 +344,7 @@ impl Checkpoint {
             tenant: self.tenant.clone(),
             session: self.session.clone(),
             workflow: self.workflow.clone(),
+            task: self.task.clone(),
             version: self.version,
             created_at: self.created_at,
             tier: self.tier.clone(),
@@ -370,6 +375,8 @@ pub struct CheckpointSummary {
     pub session: SessionId,
     /// The workflow, if any.
     pub workflow: Option<WorkflowId>,
+    /// The task kind, when known.
+    pub task: Option<TaskKind>,
     /// The stored version.
     pub version: u64,
     /// When it was taken.

@@ -1165,6 +1165,7 @@ where
         if let Some(w) = &call.workflow {
             cp = cp.in_workflow(w.clone());
         }
+        cp.task = Some(call.task.clone());
         cp
     }
 
@@ -1663,8 +1664,9 @@ where
         })
     }
 
-    /// Suspended sessions whose retry time has come and whose tenant's top usable tier has a
-    /// healthy endpoint again, so an orchestrator can resume them.
+    /// Suspended sessions whose retry time has come and whose tenant has an endpoint that is
+    /// usable again and has stayed healthy for the policy's `recovery.promotion.healthy_for`, so
+    /// an orchestrator can resume them.
     ///
     /// # Errors
     /// A checkpoint store error.
@@ -1681,21 +1683,17 @@ where
             let Ok(tp) = set.tenant(tenant.as_str()) else {
                 continue;
             };
-            let view = tp.default_view();
-            let healthy = view.usable_tiers().any(|t| {
-                t.endpoint_idx.iter().any(|&e| {
-                    self.inner
-                        .evaluator
-                        .check(e, &view.tenant_triggers, now)
-                        .is_ok_and(|v| v.is_usable())
-                })
-            });
-            if !healthy {
-                continue;
-            }
             for s in list.sessions {
                 let Some(susp) = s.suspended else { continue };
                 if susp.retry_at.is_some_and(|t| t > now) {
+                    continue;
+                }
+                // The session's own view (its task's floor and tiers) decides whether it is back.
+                let view = match &s.task {
+                    Some(t) => tp.view(t.as_str()),
+                    None => tp.default_view(),
+                };
+                if !self.back_for(view, now) {
                     continue;
                 }
                 out.push(ReadyToResume {
@@ -1707,6 +1705,25 @@ where
             }
         }
         Ok(out)
+    }
+
+    /// Whether a view has an endpoint usable now and healthy for the policy's `healthy_for` (the
+    /// promotion hysteresis), so a provider that lapses between 429s does not wake every
+    /// suspended session only to suspend it again.
+    fn back_for(&self, view: &ResolvedPolicy, now: Timestamp) -> bool {
+        let healthy_for = view.recovery.promotion.healthy_for;
+        let ev = &self.inner.evaluator;
+        view.usable_tiers().any(|t| {
+            t.endpoint_idx.iter().any(|&e| {
+                ev.check(e, &view.tenant_triggers, now)
+                    .is_ok_and(|v| v.is_usable())
+                    && ev
+                        .healthy_since(e, now)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|(since, _)| now.duration_since(since) >= healthy_for)
+            })
+        })
     }
 
     /// Sets the deadline of a workflow: every call of its sub-agent sessions must finish by it
@@ -1773,25 +1790,22 @@ where
     pub fn probes_due(&self) -> Vec<EndpointId> {
         let now = self.inner.clock.now();
         let set = self.inner.policies.current();
-        let view = crate::trigger::TenantTriggers::default();
         set.catalog()
             .endpoints()
             .iter()
             .filter(|e| {
-                set.catalog().index_of(e.id.as_str()).is_some_and(|i| {
-                    matches!(
-                        self.inner.evaluator.check(i, &view, now),
-                        Ok(crate::trigger::Verdict::ProbeOnly(_))
-                    )
-                })
+                set.catalog()
+                    .index_of(e.id.as_str())
+                    .is_some_and(|i| self.inner.evaluator.wants_probe(i, now).unwrap_or(false))
             })
             .map(|e| e.id.clone())
             .collect()
     }
 
-    /// Sends a caller-defined cheap probe request to a recovering endpoint with one of its
-    /// half-open permits, and feeds the result to its breaker like any other observation.
-    /// Returns the outcome class, or `None` when no permit was free (or none was needed).
+    /// Sends a caller-defined cheap probe request to an endpoint that wants one (see
+    /// [`TriggerEvaluator::wants_probe`]) — with one of its half-open permits when its breaker is
+    /// recovering — and feeds the result to the evaluator like any other observation. Returns the
+    /// outcome class, or `None` when no probe was due or no permit was free.
     ///
     /// # Errors
     /// [`Error::Trigger`] for an endpoint id not in the catalog.
@@ -1808,12 +1822,15 @@ where
             }
         })?;
         let now = inner.clock.now();
+        // A breaker waiting for a probe lends a permit; a closed breaker whose latest evidence is a
+        // failure needs none (see `TriggerEvaluator::wants_probe`).
         let permit = match inner.evaluator.try_acquire_probe(idx, now)? {
-            crate::trigger::Probe::Granted(p) => p,
+            crate::trigger::Probe::Granted(p) => Some(p),
+            crate::trigger::Probe::NotNeeded if inner.evaluator.wants_probe(idx, now)? => None,
             _ => return Ok(None),
         };
         let ep = set.catalog().endpoint(idx);
-        if let Some(x) = &inner.exchange {
+        if let (Some(permit), Some(x)) = (permit, &inner.exchange) {
             let limit = set.evaluator_settings().half_open.probes;
             if !x
                 .claim_probe(&ep.id, self.probe_round(idx, now), limit)
@@ -1849,8 +1866,10 @@ where
             class,
             started,
             finished.duration_since(started),
-        )
-        .probe(permit);
+        );
+        if let Some(p) = permit {
+            obs = obs.probe(p);
+        }
         if let Some(c) = c {
             obs = obs.classified(c);
         }

@@ -329,7 +329,7 @@ impl BreakerConfig {
     }
 
     /// The ms to wait after the `reopens`-th re-open, rounded up so it never ends early.
-    fn wait_ms(&self, endpoint: EndpointIdx, reopens: u32) -> u64 {
+    pub(crate) fn wait_ms(&self, endpoint: EndpointIdx, reopens: u32) -> u64 {
         let d = open_wait(&self.wait, self.seed, endpoint, reopens);
         u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }

@@ -244,6 +244,10 @@ struct Hot {
     rl_tok_until: AtomicU64,
     /// When the breaker last closed (0: closed since the start).
     closed_since: AtomicU64,
+    /// When the endpoint last failed with a capacity error (0: never).
+    last_failure: AtomicU64,
+    /// When the endpoint last answered successfully (0: never).
+    last_success: AtomicU64,
     /// Whether that close came from successful half-open probes.
     closed_by_probe: AtomicU8,
 }
@@ -596,6 +600,11 @@ impl TriggerEvaluator {
             self.block_until(hot, until, now_ms);
         }
         let flags = self.breaker.flags(obs.outcome, obs.latency);
+        if flags.failure {
+            hot.last_failure.fetch_max(now_ms, Ordering::AcqRel);
+        } else if obs.outcome == OutcomeClass::Ok {
+            hot.last_success.fetch_max(now_ms, Ordering::AcqRel);
+        }
         {
             let mut inner = cell.inner.lock();
             let inner = &mut *inner;
@@ -851,8 +860,8 @@ impl TriggerEvaluator {
     }
 
     /// Since when `endpoint` has been healthy for everyone, as far as its shared state goes:
-    /// its breaker closed (or disabled / metrics only) since that time and no provider "not
-    /// before" in force. `None` while it is open, half-open, forced open or blocked. The second
+    /// its breaker closed (or disabled / metrics only), no provider "not before" in force, and no
+    /// capacity failure since that time. `None` while it is open, half-open, forced open or blocked. The second
     /// value says whether the last close came from successful half-open probes (or the breaker
     /// never tripped). Lock-free.
     ///
@@ -878,14 +887,51 @@ impl TriggerEvaluator {
         if state == BreakerState::Closed && nb > now_ms {
             return Ok(None);
         }
+        // The latest evidence is a failure: not healthy, however long ago it was, until a call
+        // or a probe succeeds.
+        if state == BreakerState::Closed && hot.last_failure.load(ACQ) > hot.last_success.load(ACQ)
+        {
+            return Ok(None);
+        }
+        // Healthy since the breaker closed, the provider's "not before" passed, and the last
+        // capacity failure — whichever is latest: failures too few to open the breaker still
+        // reset the clock.
         let since = if state == BreakerState::Closed {
-            hot.closed_since.load(ACQ).max(nb)
+            hot.closed_since
+                .load(ACQ)
+                .max(nb)
+                .max(hot.last_failure.load(ACQ))
         } else {
             hot.closed_since.load(ACQ)
         };
         // An endpoint that never tripped has nothing to prove by probing.
         let by_probe = hot.closed_by_probe.load(ACQ) != 0 || hot.closed_since.load(ACQ) == 0;
         Ok(Some((Timestamp::from_millis(since), by_probe)))
+    }
+
+    /// Whether `endpoint` wants a probe: its breaker waits for one (open wait over, or
+    /// half-open with permits left), or — with the breaker closed — its latest evidence is a
+    /// capacity failure at least an initial open wait old and nothing has called it since, so
+    /// only a probe can tell whether it is back.
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn wants_probe(&self, endpoint: EndpointIdx, now: Timestamp) -> Result<bool, TriggerError> {
+        if matches!(
+            self.check(endpoint, &TenantTriggers::default(), now)?,
+            Verdict::ProbeOnly(_)
+        ) {
+            return Ok(true);
+        }
+        let hot = &self.cell(endpoint)?.hot;
+        let now_ms = now.as_millis();
+        let (failed, ok) = (hot.last_failure.load(ACQ), hot.last_success.load(ACQ));
+        Ok(
+            BreakerState::from_u8(hot.state.load(ACQ)) == BreakerState::Closed
+                && failed > ok
+                && hot.not_before.load(ACQ) <= now_ms
+                && now_ms.saturating_sub(failed) >= self.breaker.wait_ms(endpoint, 0),
+        )
     }
 
     /// This replica's view of an endpoint's shared health, to publish to other replicas
