@@ -1113,15 +1113,7 @@ where
                 }
             });
         }
-        let served = ServedBy {
-            tier: route.tier,
-            tier_name: view
-                .tier(route.tier)
-                .map_or_else(String::new, |t| t.name.clone()),
-            endpoint: catalog
-                .try_endpoint(route.endpoint)
-                .map_or_else(|| EndpointId::new("?"), |e| e.id.clone()),
-        };
+        let served = served_by(view, catalog, route);
         let flags = OutputFlags {
             degraded: route.degraded,
             top_tier: top,
@@ -1993,6 +1985,19 @@ fn refused(catalog: &Catalog, endpoint: crate::catalog::EndpointIdx, e: &ModelEr
                 .try_endpoint(endpoint)
                 .map_or("?", |x| x.id.as_str())
         ),
+    }
+}
+
+/// Who serves a route.
+fn served_by(view: &ResolvedPolicy, catalog: &Catalog, route: &Route) -> ServedBy {
+    ServedBy {
+        tier: route.tier,
+        tier_name: view
+            .tier(route.tier)
+            .map_or_else(String::new, |t| t.name.clone()),
+        endpoint: catalog
+            .try_endpoint(route.endpoint)
+            .map_or_else(|| EndpointId::new("?"), |e| e.id.clone()),
     }
 }
 

@@ -64,8 +64,7 @@ use serde::Serialize;
 
 use super::client::{Chunk, ChunkStream, FinishReason, ModelError, ModelRequest, TokenUsage};
 use super::result::{CallResult, OutputFlags, RejectKind, Rejection, ServedBy};
-use super::{Call, Engine, Preflight, Routed, deadline_error, refused};
-use crate::catalog::Catalog;
+use super::{Call, Engine, Preflight, Routed, deadline_error, refused, served_by};
 use crate::checkpoint::ResumeToken;
 use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
@@ -706,18 +705,6 @@ fn add_usage(a: TokenUsage, b: TokenUsage) -> TokenUsage {
     TokenUsage {
         input_tokens: a.input_tokens.saturating_add(b.input_tokens),
         output_tokens: a.output_tokens.saturating_add(b.output_tokens),
-    }
-}
-
-fn served_by(view: &ResolvedPolicy, catalog: &Catalog, route: &Route) -> ServedBy {
-    ServedBy {
-        tier: route.tier,
-        tier_name: view
-            .tier(route.tier)
-            .map_or_else(String::new, |t| t.name.clone()),
-        endpoint: catalog
-            .try_endpoint(route.endpoint)
-            .map_or_else(|| EndpointId::new("?"), |e| e.id.clone()),
     }
 }
 
