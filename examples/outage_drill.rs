@@ -19,7 +19,7 @@ use downshift::engine::{
     Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, TokenUsage,
 };
 use downshift::policy::PolicySet;
-use downshift::{ManualClock, OutcomeClass, SessionId, Timestamp};
+use downshift::{ManualClock, OutcomeClass, Timestamp};
 use futures::executor::block_on;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -340,5 +340,4 @@ fn main() {
         "\nThe hospital never went below its floor (tier 1): {}",
         if below_floor { "VIOLATED" } else { "held" }
     );
-    let _ = SessionId::new("");
 }
