@@ -193,7 +193,10 @@ mod tests {
             ContentDigest::of_value(&v),
             ContentDigest::of_bytes(canonical_json(&v).as_bytes())
         );
-        assert_eq!(ContentDigest::of_json(&v).unwrap(), ContentDigest::of_value(&v));
+        assert_eq!(
+            ContentDigest::of_json(&v).unwrap(),
+            ContentDigest::of_value(&v)
+        );
     }
 
     #[test]

@@ -930,6 +930,7 @@ fn covers(approved_to: Option<u32>, tier: u32) -> bool {
 }
 
 /// Checks a decision against everything the spec and the pre-route health say.
+#[allow(clippy::too_many_arguments)]
 fn check_decision(
     w: &World,
     spec: &Spec,
@@ -1163,10 +1164,10 @@ proptest! {
         prop_assume!(w.is_some());
         let w = w.unwrap();
         let ops = TenantId::new("ops");
-        for i in 0..spec.eps.len() {
+        for (i, how) in how.iter().enumerate().take(spec.eps.len()) {
             let e = ep_idx(&w, i);
             let at = at_ms(-1_000);
-            match how[i] {
+            match how {
                 0 => {
                     let obs = Observation::new(e, &ops, OutcomeClass::RateLimited, at, Duration::ZERO)
                         .retry_after(Duration::from_secs(3_600));
