@@ -78,37 +78,12 @@ impl Timestamp {
     /// # Errors
     /// Returns a message naming what is wrong when `s` is not RFC 3339.
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
-        humantime::parse_rfc3339_weak(s)
-            .or_else(|_| parse_rfc3339_offset(s))
+        crate::trigger::parse_rfc3339(s)
             .map(Self::from_system_time)
-            .map_err(|e| format!("`{s}` is not an RFC 3339 timestamp: {e}"))
+            .ok_or_else(|| {
+                format!("`{s}` is not an RFC 3339 timestamp (e.g. 2026-11-28T02:14:00Z)")
+            })
     }
-}
-
-/// humantime accepts only `Z`; providers also send `+00:00` and other offsets.
-fn parse_rfc3339_offset(s: &str) -> Result<SystemTime, humantime::TimestampError> {
-    let bytes = s.as_bytes();
-    // An offset is the last six characters: `+hh:mm` or `-hh:mm`.
-    if bytes.len() > 6 {
-        let split = bytes.len() - 6;
-        let (head, off) = s.split_at(split);
-        let ob = off.as_bytes();
-        if (ob[0] == b'+' || ob[0] == b'-') && ob[3] == b':' {
-            let hh: u64 = off[1..3].parse().unwrap_or(99);
-            let mm: u64 = off[4..6].parse().unwrap_or(99);
-            if hh < 24 && mm < 60 {
-                let base = humantime::parse_rfc3339_weak(head)?;
-                let shift = Duration::from_secs(hh * 3600 + mm * 60);
-                // local = utc + offset  =>  utc = local - offset
-                return Ok(if ob[0] == b'+' {
-                    base.checked_sub(shift).unwrap_or(UNIX_EPOCH)
-                } else {
-                    base + shift
-                });
-            }
-        }
-    }
-    humantime::parse_rfc3339_weak(s)
 }
 
 impl fmt::Display for Timestamp {

@@ -119,5 +119,8 @@ pub use trigger::{
     Observation, Probe, ProbePermit, ProviderSignal, TenantTriggers, TriggerEvaluator, Verdict,
 };
 pub use trigger::{
-    Classification, OutcomeClass, RateLimitState, Trigger, TriggerKind, TriggerRecord,
+    Classification, OutcomeClass, Provider, RateLimitState, RetryAfter, Trigger, TriggerKind,
+    TriggerRecord, classify_connection_failure, classify_http, classify_http_from,
+    classify_sse_event, classify_stream_event, classify_transport_timeout, parse_reset_duration,
+    parse_retry_after, parse_retry_after_ms, parse_rfc3339,
 };

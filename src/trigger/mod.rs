@@ -10,7 +10,12 @@ pub use outcome::OutcomeClass;
 mod classify;
 mod reason;
 
-pub use classify::{Classification, RateLimitState};
+pub use classify::{
+    Classification, Provider, RateLimitState, RetryAfter, classify_connection_failure,
+    classify_http, classify_http_from, classify_sse_event, classify_stream_event,
+    classify_transport_timeout, parse_reset_duration, parse_retry_after, parse_retry_after_ms,
+    parse_rfc3339,
+};
 pub use reason::{Trigger, TriggerKind, TriggerRecord};
 
 mod breaker;
