@@ -12,9 +12,12 @@
 //!   entirely: it counts as neither a failure nor a success, so a burst of bad requests neither
 //!   opens a breaker nor dilutes a real outage's failure rate. Slow calls are counted among the
 //!   calls in the window whatever their outcome (success or capacity failure);
-//! - a bounded number of half-open probe permits, a half-open timeout, and an open wait of
-//!   `initial * multiplier^n` (capped at `max`) plus seeded jitter, `n` being the number of
-//!   consecutive re-opens;
+//! - a bounded number of half-open probe permits shared by every tenant: all of them succeeding
+//!   closes the breaker, one failing (a capacity error, or a slow call when a slow-call trigger
+//!   is set) re-opens it, one ending in a request error (context length, ...) frees its permit
+//!   for another probe, and a round not finished within the half-open timeout re-opens it;
+//! - an open wait of `initial * multiplier^n` (capped at `max`) plus seeded jitter, `n` being
+//!   the number of consecutive re-opens;
 //! - manual modes for operators: forced open, disabled, metrics only.
 //!
 //! The state machine here is single-threaded; the evaluator keeps one per endpoint behind that

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::breaker::{BreakerConfig, BreakerCore, BreakerEvent, BreakerMode, BreakerState, Probe};
-use super::budget::{BudgetStore, Evicted, Spend};
+use super::budget::{BudgetHandle, BudgetStore, Evicted, Scope, Spend};
 use super::latency::LatencyWindow;
 use super::observation::{Observation, ProviderSignal};
 use super::reason::{Trigger, TriggerKind};
@@ -286,8 +286,8 @@ fn u32_sat(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// Where a tenant's spend is charged and checked: the tenant and, optionally, a session and a
-/// workflow of it.
+/// Where a tenant's spend is checked: the tenant and, optionally, a session and a workflow of
+/// it, and optionally a [`BudgetHandle`] for them (a shortcut past the lookup by id).
 #[derive(Debug, Clone, Copy)]
 pub struct BudgetScope<'a> {
     /// The tenant.
@@ -296,6 +296,8 @@ pub struct BudgetScope<'a> {
     pub session: Option<&'a SessionId>,
     /// A workflow of the tenant.
     pub workflow: Option<&'a WorkflowId>,
+    /// A handle to the same tenant, session and workflow.
+    pub handle: Option<&'a BudgetHandle>,
 }
 
 impl<'a> BudgetScope<'a> {
@@ -306,6 +308,24 @@ impl<'a> BudgetScope<'a> {
             tenant,
             session: None,
             workflow: None,
+            handle: None,
+        }
+    }
+
+    /// The same scope with a handle obtained from
+    /// [`TriggerEvaluator::budget_handle`] for it.
+    #[must_use]
+    pub const fn with_handle(mut self, handle: &'a BudgetHandle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    fn inner(&self) -> Scope<'a> {
+        Scope {
+            tenant: self.tenant,
+            session: self.session,
+            workflow: self.workflow,
+            handle: self.handle,
         }
     }
 
@@ -582,24 +602,23 @@ impl TriggerEvaluator {
                 self.apply_rate_limit(inner, hot, rl, finished, now_ms);
             }
             let before = inner.breaker.reported();
+            // A permit only ever counts for the endpoint it was granted for.
+            let probe = obs.probe.filter(|p| p.endpoint == obs.endpoint);
             inner
                 .breaker
-                .record(&self.breaker, flags, obs.probe, now_ms, &mut |e| {
-                    self.emit(e)
-                });
-            if before != inner.breaker.reported() || obs.probe.is_some() {
+                .record(&self.breaker, flags, probe, now_ms, &mut |e| self.emit(e));
+            if before != inner.breaker.reported() || probe.is_some() {
                 self.publish(hot, inner);
             }
         }
         if let Some(budget) = obs.budget {
-            self.budgets.charge(
-                obs.tenant,
-                obs.session,
-                obs.workflow,
-                budget,
-                obs.cost_usd,
-                now_ms,
-            );
+            let scope = Scope {
+                tenant: obs.tenant,
+                session: obs.session,
+                workflow: obs.workflow,
+                handle: obs.budget_handle,
+            };
+            self.budgets.charge(&scope, budget, obs.cost_usd, now_ms);
         }
         Ok(())
     }
@@ -1085,18 +1104,10 @@ impl TriggerEvaluator {
         {
             return None;
         }
-        let spend = self.budgets.spend(
-            scope.tenant.as_str(),
-            scope
-                .session
-                .filter(|_| budget.session_usd.is_some())
-                .map(SessionId::as_str),
-            scope
-                .workflow
-                .filter(|_| budget.workflow_usd.is_some())
-                .map(WorkflowId::as_str),
-            now.as_millis(),
-        );
+        let mut inner = scope.inner();
+        inner.session = inner.session.filter(|_| budget.session_usd.is_some());
+        inner.workflow = inner.workflow.filter(|_| budget.workflow_usd.is_some());
+        let spend = self.budgets.spend(&inner, now.as_millis());
         if let Some(wb) = &budget.tenant {
             if spend.tenant_window_usd >= wb.limit_usd {
                 return Some(
@@ -1134,12 +1145,18 @@ impl TriggerEvaluator {
     /// workflow totals), as tracked for the budgets observations were charged against.
     #[must_use]
     pub fn spend(&self, scope: &BudgetScope<'_>, now: Timestamp) -> Spend {
-        self.budgets.spend(
-            scope.tenant.as_str(),
-            scope.session.map(SessionId::as_str),
-            scope.workflow.map(WorkflowId::as_str),
-            now.as_millis(),
-        )
+        self.budgets.spend(&scope.inner(), now.as_millis())
+    }
+
+    /// A handle to the budget state of `scope`'s tenant, session and workflow (created if new),
+    /// for a caller that keeps one per session: passed on observations and budget checks it
+    /// skips the lookup by id, the costly part of both with many tenants. Ask again after
+    /// [`TriggerEvaluator::evict_idle`] may have evicted it (a stale handle still works, through
+    /// the slower lookup). Allocates only for a tenant, session or workflow not yet known.
+    #[must_use]
+    pub fn budget_handle(&self, scope: &BudgetScope<'_>, now: Timestamp) -> BudgetHandle {
+        self.budgets
+            .handle(scope.tenant, scope.session, scope.workflow, now.as_millis())
     }
 
     /// Sets the session's and workflow's total spend of `scope` (e.g. from a checkpoint when a

@@ -1,8 +1,11 @@
 //! Latency percentiles per endpoint over a sliding time window.
 //!
-//! Samples go into a fixed-size log-linear histogram (exact below 32 ms, then 16 sub-buckets per
-//! power of two, so a reported value is within ~3% of the true one; values from 2^22 ms, about
-//! 70 minutes, share the top bucket). The window is a ring of [`SLICES`] + 1 time slices, each
+//! Samples go into a fixed-size log-linear histogram: exact below 32 ms, then 16 sub-buckets per
+//! power of two (values from 2^22 ms, about 70 minutes, share the top bucket). Each bucket also
+//! keeps the sum of its samples, and a percentile reports the mean of the samples in the bucket
+//! that holds it: exact when those samples are equal (a steady 200 ms endpoint reports 200 ms,
+//! not a bucket edge), and never further from the true value than the bucket's width (1/16 of
+//! the value, 6.25%). The window is a ring of [`SLICES`] + 1 time slices, each
 //! with its own histogram, plus an aggregate histogram over all of them: a sample counts for at
 //! least `window` and at most `window + window / SLICES`. Expiring a slice subtracts its counts
 //! from the aggregate.
@@ -83,12 +86,17 @@ pub(crate) struct Percentiles {
 
 /// A sliding-window latency histogram. Not thread-safe on its own: the evaluator keeps one per
 /// endpoint behind that endpoint's mutex and publishes [`Percentiles`] to atomics.
+///
+/// Counts and sums are interleaved (`[count, sum]` per bucket) so recording a sample touches one
+/// cache line per histogram; the arrays are zero-initialised, so pages of buckets never used are
+/// never touched.
 #[derive(Debug)]
 pub(crate) struct LatencyWindow {
     clock: RingClock,
-    /// `RING` slices of `BUCKETS` counts, flattened.
-    slices: Box<[u32]>,
+    /// `RING` slices of `BUCKETS` `[count, sum_ms]` pairs, flattened.
+    slices: Box<[u64]>,
     slice_n: [u64; RING],
+    /// `BUCKETS` `[count, sum_ms]` pairs over the whole window.
     agg: Box<[u64]>,
     n: u64,
     cursors: [Cursor; 3],
@@ -102,9 +110,9 @@ impl LatencyWindow {
         let width = (window_ms / SLICES as u64).max(1);
         LatencyWindow {
             clock: RingClock::new(width, RING),
-            slices: vec![0u32; RING * BUCKETS].into_boxed_slice(),
+            slices: vec![0u64; RING * BUCKETS * 2].into_boxed_slice(),
             slice_n: [0; RING],
-            agg: vec![0u64; BUCKETS].into_boxed_slice(),
+            agg: vec![0u64; BUCKETS * 2].into_boxed_slice(),
             n: 0,
             cursors: [Cursor::default(); 3],
             window,
@@ -114,6 +122,11 @@ impl LatencyWindow {
     /// The configured window.
     pub(crate) fn window(&self) -> Duration {
         self.window
+    }
+
+    /// Samples in bucket `b` of the aggregate.
+    fn count(&self, b: usize) -> u64 {
+        self.agg.get(2 * b).copied().unwrap_or(0)
     }
 
     /// Expires slices that left the window at `now`. Returns whether anything expired.
@@ -132,10 +145,10 @@ impl LatencyWindow {
             }
             *n = n.saturating_sub(*count);
             *count = 0;
-            let start = slot * BUCKETS;
-            if let Some(slice) = slices.get_mut(start..start + BUCKETS) {
+            let start = slot * BUCKETS * 2;
+            if let Some(slice) = slices.get_mut(start..start + BUCKETS * 2) {
                 for (a, s) in agg.iter_mut().zip(slice.iter_mut()) {
-                    *a = a.saturating_sub(u64::from(*s));
+                    *a = a.saturating_sub(*s);
                     *s = 0;
                 }
             }
@@ -151,15 +164,19 @@ impl LatencyWindow {
     pub(crate) fn record(&mut self, ms: u64, now: u64) {
         self.advance(now);
         let b = bucket_of(ms);
+        let ms = ms.min(1u64 << 40); // keeps sums far from overflow
         let head = self.clock.head();
-        if let Some(c) = self.slices.get_mut(head * BUCKETS + b) {
-            *c = c.saturating_add(1);
+        let at = (head * BUCKETS + b) * 2;
+        if let Some([c, sum]) = self.slices.get_mut(at..at + 2) {
+            *c += 1;
+            *sum = sum.saturating_add(ms);
+        }
+        if let Some([c, sum]) = self.agg.get_mut(2 * b..2 * b + 2) {
+            *c += 1;
+            *sum = sum.saturating_add(ms);
         }
         if let Some(c) = self.slice_n.get_mut(head) {
             *c += 1;
-        }
-        if let Some(a) = self.agg.get_mut(b) {
-            *a += 1;
         }
         self.n += 1;
         if self.n == 1 {
@@ -180,15 +197,13 @@ impl LatencyWindow {
         }
     }
 
-    /// Moves a cursor so that `below < r <= below + agg[bucket]`.
+    /// Moves a cursor so that `below < r <= below + count(bucket)`.
     fn fix(&self, mut c: Cursor, r: u64) -> Cursor {
         loop {
-            let here = self.agg.get(c.bucket).copied().unwrap_or(0);
+            let here = self.count(c.bucket);
             if c.below >= r && c.bucket > 0 {
                 c.bucket -= 1;
-                c.below = c
-                    .below
-                    .saturating_sub(self.agg.get(c.bucket).copied().unwrap_or(0));
+                c.below = c.below.saturating_sub(self.count(c.bucket));
             } else if c.below + here < r && c.bucket + 1 < BUCKETS {
                 c.below += here;
                 c.bucket += 1;
@@ -207,8 +222,8 @@ impl LatencyWindow {
         let targets = QUANTILES.map(|q| target_rank(q, self.n));
         let mut found = [false; 3];
         let mut below = 0u64;
-        for (b, count) in self.agg.iter().enumerate() {
-            let upto = below + count;
+        for b in 0..BUCKETS {
+            let upto = below + self.count(b);
             for i in 0..3 {
                 if !found[i] && upto >= targets[i] {
                     self.cursors[i] = Cursor { bucket: b, below };
@@ -228,10 +243,18 @@ impl LatencyWindow {
             return Percentiles::default();
         }
         Percentiles {
-            p50: bucket_value(self.cursors[0].bucket),
-            p95: bucket_value(self.cursors[1].bucket),
-            p99: bucket_value(self.cursors[2].bucket),
+            p50: self.value(self.cursors[0].bucket),
+            p95: self.value(self.cursors[1].bucket),
+            p99: self.value(self.cursors[2].bucket),
             samples: self.n,
+        }
+    }
+
+    /// The mean of the samples in bucket `b` (its midpoint if empty).
+    fn value(&self, b: usize) -> u64 {
+        match self.agg.get(2 * b..2 * b + 2) {
+            Some(&[n, sum]) if n > 0 => sum / n,
+            _ => bucket_value(b),
         }
     }
 
@@ -268,7 +291,7 @@ mod tests {
     fn exact(samples: &mut [u64], q: u64) -> u64 {
         samples.sort_unstable();
         let r = target_rank(q, samples.len() as u64) as usize;
-        bucket_value(bucket_of(samples[r - 1]))
+        samples[r - 1]
     }
 
     #[test]
@@ -284,9 +307,10 @@ mod tests {
             all.push(ms);
             w.record(ms, 1_000);
             let p = w.percentiles();
-            assert_eq!(p.p50, exact(&mut all.clone(), 500));
-            assert_eq!(p.p95, exact(&mut all.clone(), 950));
-            assert_eq!(p.p99, exact(&mut all.clone(), 990));
+            // The reported value lies in the bucket of the true one.
+            assert_eq!(bucket_of(p.p50), bucket_of(exact(&mut all.clone(), 500)));
+            assert_eq!(bucket_of(p.p95), bucket_of(exact(&mut all.clone(), 950)));
+            assert_eq!(bucket_of(p.p99), bucket_of(exact(&mut all.clone(), 990)));
         }
     }
 
@@ -302,7 +326,10 @@ mod tests {
         w.advance(11_000);
         let p = w.percentiles();
         assert_eq!((p.samples, p.p99), (1, 20));
-        w.advance(16_000);
+        w.record(4_200, 11_000);
+        w.record(4_200, 11_000);
+        assert_eq!(w.percentiles().p99, 4_200, "equal samples report exactly");
+        w.advance(22_000);
         assert_eq!(w.percentiles(), Percentiles::default());
         assert_eq!(w.fresh_until(), u64::MAX);
     }

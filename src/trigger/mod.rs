@@ -29,7 +29,7 @@ mod view;
 pub use breaker::{
     BreakerEvent, BreakerMode, BreakerState, MAX_PROBES, Probe, ProbePermit, open_wait,
 };
-pub use budget::{Evicted, Spend};
+pub use budget::{BudgetHandle, Evicted, Spend};
 pub use evaluator::{
     BudgetScope, EndpointHealth, EvaluatorSettings, LatencySnapshot, MAX_ENDPOINTS,
     MAX_QUEUED_EVENTS, Signals, TriggerEvaluator, Verdict,

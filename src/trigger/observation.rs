@@ -9,6 +9,7 @@ use crate::id::{SessionId, TaskKind, TenantId, WorkflowId};
 use crate::policy::{Budget, StatusPageState};
 
 use super::breaker::ProbePermit;
+use super::budget::BudgetHandle;
 use super::{Classification, OutcomeClass, RateLimitState};
 
 /// Tokens a call consumed.
@@ -76,6 +77,9 @@ pub struct Observation<'a> {
     pub probe: Option<ProbePermit>,
     /// The tenant's budget guardrails: spend is tracked only for the budgets configured here.
     pub budget: Option<&'a Budget>,
+    /// A handle to the tenant's (and session's, workflow's) budget state, skipping the lookup
+    /// by id.
+    pub budget_handle: Option<&'a BudgetHandle>,
 }
 
 impl<'a> Observation<'a> {
@@ -103,6 +107,7 @@ impl<'a> Observation<'a> {
             cost_usd: 0.0,
             probe: None,
             budget: None,
+            budget_handle: None,
         }
     }
 
@@ -170,6 +175,14 @@ impl<'a> Observation<'a> {
     /// The same observation charged against `budget` (the tenant's resolved guardrails).
     pub fn budget(mut self, budget: &'a Budget) -> Self {
         self.budget = Some(budget);
+        self
+    }
+
+    /// The same observation charged through `handle` (from
+    /// [`TriggerEvaluator::budget_handle`](super::TriggerEvaluator::budget_handle) for the same
+    /// tenant, session and workflow).
+    pub fn budget_handle(mut self, handle: &'a BudgetHandle) -> Self {
+        self.budget_handle = Some(handle);
         self
     }
 

@@ -31,6 +31,11 @@ impl RingClock {
         self.head
     }
 
+    /// Whether [`RingClock::advance`] to `now` would move the head.
+    pub(crate) fn moves_at(&self, now: u64) -> bool {
+        now / self.width > self.head_epoch
+    }
+
     /// Moves the head to the slot of `now`, calling `expire(slot)` for every slot that is reused
     /// (its old contents leave the window). A `now` earlier than the head's slot (another thread
     /// observed a later time first) leaves the ring as it is: its value goes into the head slot.
