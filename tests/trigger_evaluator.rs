@@ -491,6 +491,7 @@ fn rate_limit_headroom_below_the_tenants_threshold_marks_the_endpoint_pressured_
         tokens_limit: Some(100_000),
         tokens_remaining: Some(80_000),
         tokens_reset: None,
+        ..RateLimitState::default()
     };
     let obs = Observation::new(E0, &t, OutcomeClass::Ok, at(0), Duration::from_millis(400))
         .rate_limit(rl);
