@@ -5,29 +5,42 @@
 //! check by id and by handle, the health snapshot), `threads` (one call's check, budget check
 //! and observe on one and two threads, for scaling) and `baseline` (a plain `HashMap<String, _>`
 //! lookup among the same 100,000 tenants, and one dependent cache miss: the machine's floor for
-//! any per-tenant state). `observe_oncpu`, `health_oncpu` and `baseline_oncpu` repeat those groups
-//! measuring each thread's time on a CPU instead of elapsed time (see [`OnCpu`]). A later issue
-//! adds `route` to this file: build on [`Fixture`] and register it in `hot_path`.
+//! any per-tenant state). `observe_oncpu` and `health_oncpu` repeat the first two groups
+//! measuring each thread's time on a CPU instead of elapsed time (see [`OnCpu`]).
+//!
+//! `route` (and `route_oncpu`) measure [`TierRouter::route`] over a real policy set
+//! ([`RouteFixture`]: 500 endpoints, 100 templates, 100,000 tenants loaded from generated JSON)
+//! on the healthy path, with the outcome observed, and degraded (the primaries' breakers open,
+//! falling to the second tier), against the baseline the issue names: per-tenant breakers in a
+//! `HashMap<String, _>` behind a `RwLock`. `route_threads` runs routes on one and two threads.
+//! Before those, the binary prints per-call latency percentiles of one million healthy routes
+//! and the two-thread speed-up (criterion reports batch means and medians, not tails).
 //!
 //! The fixture has 500 endpoints and 100,000 tenants, each with an hourly budget, a session
 //! budget and a P95 ceiling; inputs are drawn in a pseudo-random order (not one hot tenant), and
 //! every tenant and session is observed once before measuring, so this is the steady state.
 //!
-//! Run: `cargo bench --bench hot_path`
+//! Run: `cargo bench --bench hot_path` (only the router: `cargo bench --bench hot_path -- route`)
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hint::black_box;
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use downshift::policy::{Budget, BudgetAction, RateLimitRemaining, Window, WindowBudget};
+use downshift::policy::{
+    Budget, BudgetAction, PolicySet, PolicyStore, RateLimitRemaining, Source, Window, WindowBudget,
+};
+use downshift::router::{CallContext, Decision, TierRouter};
 use downshift::trigger::{
     BudgetHandle, BudgetScope, EvaluatorSettings, Observation, OutcomeClass, TenantTriggers,
     TriggerEvaluator,
 };
-use downshift::{EndpointIdx, SessionId, TenantId, Timestamp};
+use downshift::{EndpointIdx, Requirements, SessionId, TaskKind, TenantId, Timestamp};
+use parking_lot::RwLock;
 
 const ENDPOINTS: usize = 500;
 const TENANTS: usize = 100_000;
@@ -456,6 +469,432 @@ impl Measurement for OnCpu {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// route
+
+/// Templates in the route fixture, each with its own five endpoints (100 x 5 = 500).
+const TEMPLATES: usize = 100;
+
+/// The router's world: 500 endpoints, 100 templates each with a three-tier ladder over its own
+/// five endpoints, and 100,000 tenants extending them with a mix of constraints (real-time
+/// notice, a floor, residency, a budget guardrail), loaded from generated JSON as a platform
+/// would load its policy files.
+struct RouteFixture {
+    router: TierRouter,
+    eval: Arc<TriggerEvaluator>,
+    tenants: Vec<TenantId>,
+    sessions: Vec<SessionId>,
+    /// Each tenant's budget guardrails, as an engine keeps them with the session.
+    budgets: Vec<Option<Budget>>,
+    task: TaskKind,
+    /// Tenant indices in a shuffled order (no hot tenant).
+    order: Vec<u32>,
+    /// Every template's primary endpoints.
+    primaries: Vec<EndpointIdx>,
+}
+
+fn route_sources() -> Vec<Source> {
+    let mut catalog = String::from(r#"{"kind": "catalog", "endpoints": ["#);
+    for i in 0..ENDPOINTS {
+        if i > 0 {
+            catalog.push(',');
+        }
+        let region = if i % 5 == 1 { "us-east-1" } else { "eu-west-1" };
+        let _ = write!(
+            catalog,
+            r#"{{"id": "ep{i}", "provider": "p{}", "model": "m{}", "region": "{region}",
+              "capabilities": {{"context_window": 128000, "max_output_tokens": 8192, "tools": true}},
+              "pricing": {{"input_per_mtok": 1.0, "output_per_mtok": 2.0}}}}"#,
+            i % 5,
+            i % 5
+        );
+    }
+    catalog.push_str("]}");
+    // Breakers that open stay open for the whole run: the degraded path stays degraded.
+    let platform = r#"{"kind": "policy", "id": "platform", "version": "1", "level": "platform",
+        "recovery": {"open_wait": {"initial": "24h", "max": "24h"}}}"#;
+    let mut out = vec![
+        Source::new("catalog.json", catalog),
+        Source::new("platform.json", platform),
+    ];
+    for t in 0..TEMPLATES {
+        let e = |k: usize| format!("\"ep{}\"", t * 5 + k);
+        out.push(Source::new(
+            format!("template-{t}.json"),
+            format!(
+                r#"{{"kind": "policy", "id": "template-{t}", "version": "1", "level": "template",
+                    "extends": "platform",
+                    "tiers": [
+                        {{"name": "primary", "endpoints": [{}, {}]}},
+                        {{"name": "standby", "endpoints": [{}]}},
+                        {{"name": "small", "endpoints": [{}, {}]}}
+                    ],
+                    "suspension": {{"max_duration": "4h"}}}}"#,
+                e(0),
+                e(1),
+                e(2),
+                e(3),
+                e(4)
+            ),
+        ));
+    }
+    for i in 0..TENANTS {
+        let constraints = match i % 4 {
+            0 => r#"{"notification": "realtime"}"#,
+            1 => r#"{"floor": "standby", "when_exhausted": "suspend"}"#,
+            2 => r#"{"allowed_regions": ["eu-*"]}"#,
+            _ => {
+                r#"{"budget": {"tenant": {"limit_usd": 1000000, "window": "1h"},
+                    "on_exceeded": {"downshift_to": "small"}}}"#
+            }
+        };
+        out.push(Source::new(
+            format!("tenant-{i}.json"),
+            format!(
+                r#"{{"kind": "policy", "id": "tenant-{i:06}", "version": "1", "level": "tenant",
+                    "extends": "template-{}", "constraints": {constraints}}}"#,
+                i % TEMPLATES
+            ),
+        ));
+    }
+    out
+}
+
+impl RouteFixture {
+    fn new() -> Self {
+        let sources = route_sources();
+        let started = Instant::now();
+        let set = PolicySet::from_sources(sources).expect("policy set");
+        eprintln!(
+            "route fixture: {} tenants, {} endpoints, loaded in {:.1?}",
+            set.tenants().len(),
+            set.catalog().len(),
+            started.elapsed()
+        );
+        let eval = Arc::new(
+            TriggerEvaluator::for_catalog(&set.evaluator_settings(), set.catalog(), 42)
+                .expect("evaluator"),
+        );
+        let task = TaskKind::new("summarization");
+        let tenants: Vec<TenantId> = (0..TENANTS)
+            .map(|i| TenantId::new(format!("tenant-{i:06}")))
+            .collect();
+        let sessions: Vec<SessionId> = (0..TENANTS)
+            .map(|i| SessionId::new(format!("session-{i:06}")))
+            .collect();
+        let budgets = tenants
+            .iter()
+            .map(|t| {
+                set.view(t.as_str(), task.as_str())
+                    .expect("tenant")
+                    .tenant_triggers
+                    .budget
+                    .clone()
+            })
+            .collect();
+        let primaries = (0..TEMPLATES)
+            .flat_map(|t| [t * 5, t * 5 + 1])
+            .map(|i| set.catalog().index_of(&format!("ep{i}")).expect("endpoint"))
+            .collect();
+        let mut order: Vec<u32> = (0..TENANTS as u32).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, (mix(k as u64 ^ 0x5EED) as usize) % (k + 1));
+        }
+        let store = Arc::new(PolicyStore::new(set));
+        let f = RouteFixture {
+            router: TierRouter::new(store, Arc::clone(&eval), 7),
+            eval,
+            tenants,
+            sessions,
+            budgets,
+            task,
+            order,
+            primaries,
+        };
+        // Every endpoint has a latency history and every budget tenant has spent something:
+        // the steady state, not a cold start.
+        for k in 0..TENANTS {
+            f.route_observe(k as u64);
+        }
+        f
+    }
+
+    /// Virtual time for the i-th operation: ~16 calls per millisecond, so windows rotate.
+    fn now(i: u64) -> Timestamp {
+        Timestamp::from_millis(T0 + 1 + i / 16)
+    }
+
+    /// The i-th call: a session on the tenant's top tier with requirements and a deadline.
+    fn ctx(&self, i: u64) -> (usize, CallContext<'_>) {
+        let k = self.order[(i as usize) % TENANTS] as usize;
+        let now = Self::now(i);
+        let c = CallContext::new(&self.tenants[k], &self.task)
+            .session(&self.sessions[k])
+            .requirements(Requirements {
+                input_tokens: 12_000,
+                output_tokens: 1_000,
+                tools: true,
+                ..Requirements::default()
+            })
+            .deadline(now.saturating_add(Duration::from_secs(60)))
+            .on_tier(0, Timestamp::from_millis(T0));
+        (k, c)
+    }
+
+    fn route(&self, i: u64) -> Decision {
+        let (_, c) = self.ctx(i);
+        self.router.route(black_box(&c), Self::now(i))
+    }
+
+    /// Routes the i-th call and reports its (successful) outcome, as an engine does.
+    fn route_observe(&self, i: u64) {
+        let (k, c) = self.ctx(i);
+        let now = Self::now(i);
+        if let Decision::Route(r) = self.router.route(black_box(&c), now) {
+            let mut obs = Observation::new(
+                r.endpoint,
+                &self.tenants[k],
+                OutcomeClass::Ok,
+                now,
+                Duration::from_millis(400 + (mix(i) >> 54)),
+            )
+            .session(&self.sessions[k])
+            .usage(12_000, 1_000)
+            .cost(0.001);
+            if let Some(b) = &self.budgets[k] {
+                obs = obs.budget(b);
+            }
+            self.eval.observe(black_box(&obs), now).expect("observe");
+        }
+    }
+
+    /// Closes them again (an operator reset), back to the healthy state.
+    fn close_primaries(&self) {
+        for &e in &self.primaries {
+            self.eval
+                .reset(e, Timestamp::from_millis(T0))
+                .expect("reset");
+        }
+    }
+
+    /// Opens the breaker of every template's primary endpoints (five `overloaded` in a row).
+    fn open_primaries(&self) {
+        let ops = TenantId::new("ops");
+        let now = Timestamp::from_millis(T0);
+        for &e in &self.primaries {
+            for _ in 0..5 {
+                let obs = Observation::new(e, &ops, OutcomeClass::Overloaded, now, Duration::ZERO);
+                self.eval.observe(&obs, now).expect("observe");
+            }
+        }
+    }
+}
+
+/// The baseline the issue names: per-tenant breakers in a `HashMap<String, _>` behind a
+/// `RwLock`, looked up by `&str` on every call.
+#[derive(Default)]
+struct SimpleBreaker {
+    consecutive: AtomicU32,
+    open_until: AtomicU64,
+}
+
+impl SimpleBreaker {
+    fn allows(&self, now: u64) -> bool {
+        self.open_until.load(Ordering::Acquire) <= now
+    }
+    fn record(&self, ok: bool, now: u64) {
+        if ok {
+            self.consecutive.store(0, Ordering::Release);
+        } else if self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= 5 {
+            self.open_until.store(now + 30_000, Ordering::Release);
+        }
+    }
+}
+
+fn route_group<M: Measurement>(c: &mut Criterion<M>, f: &RouteFixture, suffix: &str) {
+    let mut g = c.benchmark_group(format!("route{suffix}"));
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("healthy_100k_tenants_500_endpoints", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.route(i))
+        });
+    });
+    g.bench_function("route_and_observe", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            f.route_observe(i);
+        });
+    });
+    let baseline: RwLock<HashMap<String, SimpleBreaker>> = RwLock::new(
+        f.tenants
+            .iter()
+            .map(|t| (t.as_str().to_string(), SimpleBreaker::default()))
+            .collect(),
+    );
+    g.bench_function("baseline_rwlock_string_hashmap_lookup", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = f.order[(i as usize) % TENANTS] as usize;
+            let map = baseline.read();
+            black_box(
+                map.get(black_box(f.tenants[k].as_str()))
+                    .is_some_and(|s| s.allows(T0 + i / 16)),
+            )
+        });
+    });
+    g.bench_function("baseline_rwlock_string_hashmap_lookup_and_record", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            let k = f.order[(i as usize) % TENANTS] as usize;
+            let now = T0 + i / 16;
+            let map = baseline.read();
+            if let Some(s) = map.get(black_box(f.tenants[k].as_str())) {
+                if s.allows(now) {
+                    s.record(true, now);
+                }
+            }
+        });
+    });
+    // Degraded last: it opens the primaries' breakers for the rest of the run.
+    f.open_primaries();
+    match f.route(i + 1) {
+        Decision::Route(r) if r.tier == 1 => {}
+        other => panic!("degraded fixture: expected tier 1, got {other:?}"),
+    }
+    g.bench_function("degraded_primary_open_to_tier_2", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.route(i))
+        });
+    });
+    g.finish();
+    f.close_primaries();
+}
+
+/// Route on one and on two threads; `wall` and `oncpu` as in [`threads`].
+fn route_threads(c: &mut Criterion, f: &RouteFixture) {
+    let mut g = c.benchmark_group("route_threads");
+    for n in [1u64, 2] {
+        for clock in ["wall", "oncpu"] {
+            g.throughput(Throughput::Elements(n));
+            g.bench_function(format!("route_{n}_threads_{clock}"), |b| {
+                b.iter_custom(|iters| split_routes(f, n, iters, clock == "oncpu").0);
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Runs `iters` routes on each of `n` threads; returns (the slowest thread's elapsed time, or
+/// the mean time on a CPU; the slowest elapsed time).
+fn split_routes(f: &RouteFixture, n: u64, iters: u64, oncpu: bool) -> (Duration, Duration) {
+    let barrier = Barrier::new(n as usize);
+    let times: Vec<(Duration, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let cpu = on_cpu();
+                    let start = Instant::now();
+                    let base = t * 1_000_003;
+                    for k in 0..iters {
+                        black_box(f.route(base + k));
+                    }
+                    let wall = start.elapsed();
+                    let used = match (cpu, on_cpu()) {
+                        (Some(a), Some(b)) => b.saturating_sub(a),
+                        _ => wall,
+                    };
+                    (used, wall)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let wall = times.iter().map(|t| t.1).max().unwrap_or_default();
+    if oncpu {
+        let mean = times.iter().map(|t| t.0).sum::<Duration>() / u32::try_from(n).unwrap_or(1);
+        (mean, wall)
+    } else {
+        (wall, wall)
+    }
+}
+
+/// Per-call latency percentiles (criterion reports means and medians of batches, not tails):
+/// one million healthy routes, each timed on its own into a pre-allocated buffer, then the
+/// throughput of two threads against one. Printed, not asserted.
+fn route_tail_and_scaling(f: &RouteFixture) {
+    const CALLS: usize = 1_000_000;
+    let mut lat: Vec<u32> = Vec::with_capacity(CALLS);
+    let mut timer: Vec<u32> = Vec::with_capacity(CALLS);
+    let base = 7_000_000u64;
+    for k in 0..10_000 {
+        black_box(f.route(base + k));
+    }
+    for k in 0..CALLS as u64 {
+        let i = base + k;
+        let t = Instant::now();
+        black_box(f.route(i));
+        lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
+    }
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        black_box(());
+        timer.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
+    }
+    let pct = |v: &mut Vec<u32>, p: f64| {
+        v.sort_unstable();
+        v[((v.len() as f64 - 1.0) * p) as usize]
+    };
+    let (p50, p99, p999) = (
+        pct(&mut lat, 0.50),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 0.999),
+    );
+    let (t50, t99) = (pct(&mut timer, 0.50), pct(&mut timer, 0.99));
+    println!(
+        "route/healthy per-call latency over {CALLS} calls: p50 {p50} ns, p99 {p99} ns, \
+         p99.9 {p999} ns (timer alone: p50 {t50} ns, p99 {t99} ns)"
+    );
+    const N: u64 = 2_000_000;
+    let (one, _) = split_routes(f, 1, N, false);
+    let (two, _) = split_routes(f, 2, N / 2, false);
+    let (one_cpu, _) = split_routes(f, 1, N, true);
+    let (two_cpu, _) = split_routes(f, 2, N / 2, true);
+    println!(
+        "route/threads: {N} routes on 1 thread {one:.2?} ({:.1} M/s), on 2 threads {two:.2?} \
+         ({:.1} M/s): speed-up {:.2}x; on-CPU time per route 1 thread {:.0} ns, 2 threads {:.0} ns",
+        N as f64 / one.as_secs_f64() / 1e6,
+        N as f64 / two.as_secs_f64() / 1e6,
+        one.as_secs_f64() / two.as_secs_f64(),
+        one_cpu.as_nanos() as f64 / N as f64,
+        two_cpu.as_nanos() as f64 / (N / 2) as f64,
+    );
+}
+
+/// One route fixture for the wall-clock and the on-CPU groups (it takes a while to load).
+fn route_fixture() -> &'static RouteFixture {
+    static FIXTURE: OnceLock<RouteFixture> = OnceLock::new();
+    FIXTURE.get_or_init(RouteFixture::new)
+}
+
+fn route_bench(c: &mut Criterion) {
+    let f = route_fixture();
+    route_tail_and_scaling(f);
+    route_threads(c, f);
+    route_group(c, f, "");
+}
+
+fn route_bench_on_cpu(c: &mut Criterion<OnCpu>) {
+    route_group(c, route_fixture(), "_oncpu");
+}
+
 fn hot_path(c: &mut Criterion) {
     let f = Fixture::new();
     observe(c, &f, "");
@@ -477,4 +916,10 @@ criterion_group! {
     config = Criterion::default().with_measurement(OnCpu);
     targets = hot_path_on_cpu
 }
-criterion_main!(benches, benches_on_cpu);
+criterion_group!(benches_route, route_bench);
+criterion_group! {
+    name = benches_route_on_cpu;
+    config = Criterion::default().with_measurement(OnCpu);
+    targets = route_bench_on_cpu
+}
+criterion_main!(benches, benches_on_cpu, benches_route, benches_route_on_cpu);

@@ -5,6 +5,7 @@
 //! digests and audit-record digests both use this form.
 
 use std::fmt;
+use std::io;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,13 +21,16 @@ impl ContentDigest {
     /// The digest of raw bytes.
     #[must_use]
     pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self::from_hash(&Sha256::digest(bytes))
+    }
+
+    fn from_hash(hash: &[u8]) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let out = Sha256::digest(bytes);
-        let mut s = String::with_capacity(7 + 64);
+        let mut s = String::with_capacity(7 + 2 * hash.len());
         s.push_str("sha256:");
-        for b in out {
+        for &b in hash {
             s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0x0f)]));
+            s.push(char::from(HEX[usize::from(b & 0xf)]));
         }
         ContentDigest(s)
     }
@@ -37,7 +41,16 @@ impl ContentDigest {
     /// When the value cannot be represented as JSON (e.g. a map with non-string keys).
     pub fn of_json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
         let v = serde_json::to_value(value)?;
-        Ok(Self::of_bytes(canonical_json(&v).as_bytes()))
+        Ok(Self::of_value(&v))
+    }
+
+    /// The digest of a JSON value's canonical form (streamed into the hash, never built as
+    /// text).
+    #[must_use]
+    pub fn of_value(value: &Value) -> Self {
+        let mut h = HashWriter(Sha256::new());
+        write_canonical(value, &mut h);
+        Self::from_hash(&h.0.finalize())
     }
 
     /// Parses `sha256:<64 hex>`.
@@ -84,39 +97,70 @@ impl fmt::Debug for ContentDigest {
 /// Writes `value` in canonical form: sorted keys, no insignificant whitespace.
 #[must_use]
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    // serde_json writes valid UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Feeds what it is given to a SHA-256 hasher.
+struct HashWriter(Sha256);
+
+impl io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the canonical form of `value` to `out`. Keys and scalars are written by serde_json
+/// straight into `out` (no string per key or number); objects whose keys are already in order
+/// (serde_json's default map is sorted) are not sorted again.
+fn write_canonical<W: io::Write>(value: &Value, out: &mut W) {
+    // Writing to a Vec or a hasher cannot fail, and serializing a string or a scalar cannot
+    // either: the results are ignored.
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+            let _ = out.write_all(b"{");
+            let mut first = true;
+            let mut entry = |k: &String, v: &Value, out: &mut W| {
+                if !first {
+                    let _ = out.write_all(b",");
                 }
-                // Serializing a string cannot fail.
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push(':');
-                write_canonical(&map[k], out);
+                first = false;
+                let _ = serde_json::to_writer(&mut *out, k);
+                let _ = out.write_all(b":");
+                write_canonical(v, out);
+            };
+            if map.keys().is_sorted() {
+                for (k, v) in map {
+                    entry(k, v, out);
+                }
+            } else {
+                let mut keys: Vec<(&String, &Value)> = map.iter().collect();
+                keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in keys {
+                    entry(k, v, out);
+                }
             }
-            out.push('}');
+            let _ = out.write_all(b"}");
         }
         Value::Array(items) => {
-            out.push('[');
+            let _ = out.write_all(b"[");
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    let _ = out.write_all(b",");
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            let _ = out.write_all(b"]");
         }
-        other => out.push_str(&other.to_string()),
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
     }
 }
 
@@ -132,6 +176,26 @@ mod tests {
         assert_eq!(
             ContentDigest::of_json(&a).unwrap(),
             ContentDigest::of_json(&b).unwrap()
+        );
+    }
+
+    #[test]
+    fn streaming_the_canonical_form_into_the_hash_gives_the_same_digest() {
+        let v: Value = serde_json::from_str(
+            r#"{"z": [1, 2.5, -3e-7, null, true], "a\"b": {"\u00e9": "x\ny", "k": {}}, "m": []}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a\"b":{"k":{},"é":"x\ny"},"m":[],"z":[1,2.5,-3e-7,null,true]}"#
+        );
+        assert_eq!(
+            ContentDigest::of_value(&v),
+            ContentDigest::of_bytes(canonical_json(&v).as_bytes())
+        );
+        assert_eq!(
+            ContentDigest::of_json(&v).unwrap(),
+            ContentDigest::of_value(&v)
         );
     }
 

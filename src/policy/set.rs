@@ -20,11 +20,15 @@ use crate::error::{PolicyError, Problem, ProblemCode, Severity, ValidationReport
 use crate::id::{LayerId, TaskKind, TenantId};
 use crate::trigger::EvaluatorSettings;
 
+/// Maps looked up on every routed call: keyed by ids from the operator's own policy files (not
+/// attacker-chosen), so a fast hash (foldhash) instead of SipHash.
+type FastMap<K, V> = hashbrown::HashMap<K, V>;
+
 /// One tenant's resolved views: a default view and one per task kind that has its own rules.
 #[derive(Debug, Clone)]
 pub struct TenantPolicy {
     default: Arc<ResolvedPolicy>,
-    tasks: HashMap<TaskKind, Arc<ResolvedPolicy>>,
+    tasks: FastMap<TaskKind, Arc<ResolvedPolicy>>,
 }
 
 impl TenantPolicy {
@@ -83,7 +87,7 @@ impl TenantPolicy {
 pub struct PolicySet {
     catalog: Arc<Catalog>,
     catalog_digest: ContentDigest,
-    tenants: HashMap<TenantId, TenantPolicy>,
+    tenants: FastMap<TenantId, TenantPolicy>,
     tenant_ids: Vec<TenantId>,
     layers: Vec<LayerRef>,
     warnings: Vec<Problem>,
@@ -330,7 +334,7 @@ impl PolicySet {
         }
 
         // Assemble tenants.
-        let mut tenants = HashMap::new();
+        let mut tenants = FastMap::new();
         let mut tenant_ids = Vec::new();
         for &i in &order {
             if docs[i].layer.level != Level::Tenant {
@@ -351,7 +355,7 @@ impl PolicySet {
                 .collect();
             let tenant = TenantId::new(docs[i].layer.id.as_str());
             let mut default = None;
-            let mut by_task = HashMap::new();
+            let mut by_task = FastMap::new();
             for (task, mut v) in vs {
                 v.tenant = tenant.clone();
                 v.layers.clone_from(&layers);

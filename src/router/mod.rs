@@ -186,6 +186,8 @@ impl Trace for Recorder {
 struct Found {
     endpoint: EndpointIdx,
     probe: Option<ProbePermit>,
+    /// Sent as a half-open probe (when explaining, no permit is taken but it still is one).
+    probing: bool,
     fit: bool,
 }
 
@@ -338,14 +340,14 @@ impl TierRouter {
         }
     }
 
-    /// Whether some endpoint of tier `i` has been healthy for at least `healthy_for` (and, when
-    /// the policy requires it, recovered through successful probes).
+    /// Whether some endpoint of tier `i` has been healthy for this tenant for at least
+    /// `healthy_for` (and, when the policy requires it, recovered through successful probes).
     fn healthy_for(&self, view: &ResolvedPolicy, i: u32, now: Timestamp) -> bool {
         let p = &view.recovery.promotion;
         view.tier(i).is_some_and(|t| {
             t.endpoint_idx.iter().any(|&e| {
                 self.evaluator
-                    .healthy_since(e, now)
+                    .healthy_since_for(e, &view.tenant_triggers, now)
                     .ok()
                     .flatten()
                     .is_some_and(|(since, by_probe)| {
@@ -444,6 +446,7 @@ impl TierRouter {
                         return Some(Found {
                             endpoint: e,
                             probe: None,
+                            probing: false,
                             fit,
                         });
                     }
@@ -522,6 +525,7 @@ impl TierRouter {
             return Some(Found {
                 endpoint: e,
                 probe: None,
+                probing: false,
                 fit: fits & (1 << k) != 0,
             });
         }
@@ -549,6 +553,7 @@ impl TierRouter {
             return Some(Found {
                 endpoint: e,
                 probe: None,
+                probing: true,
                 fit,
             });
         }
@@ -558,6 +563,7 @@ impl TierRouter {
                 Some(Found {
                     endpoint: e,
                     probe: Some(p),
+                    probing: true,
                     fit,
                 })
             }
@@ -566,6 +572,7 @@ impl TierRouter {
                 Some(Found {
                     endpoint: e,
                     probe: None,
+                    probing: false,
                     fit,
                 })
             }
@@ -684,7 +691,7 @@ impl TierRouter {
 
         let finish = |i: u32, f: Found, kind: ReasonKind, triggers: TriggerList| -> Decision {
             let switched = i != from;
-            let reason_kind = if f.probe.is_some() {
+            let reason_kind = if f.probing {
                 ReasonKind::Probe
             } else if over_budget && i >= min_tier && min_tier > top {
                 ReasonKind::Budget

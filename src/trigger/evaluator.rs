@@ -250,6 +250,20 @@ struct Hot {
     last_success: AtomicU64,
     /// Whether that close came from successful half-open probes.
     closed_by_probe: AtomicU8,
+    /// Per status-page state (by `status_to_u8`): until when it was last in force, once it was
+    /// replaced, expired or cleared (0: never). What promotion's `healthy_for` is measured from.
+    status_seen: [AtomicU64; 5],
+}
+
+impl Hot {
+    /// Records that the state in force (if any) stops being in force at `now` (or ended
+    /// earlier, when its reading expired). Called under the endpoint's mutex.
+    fn retire_status(&self, now: u64) {
+        let until = self.status_until.load(ACQ);
+        if let Some(seen) = self.status_seen.get(usize::from(self.status.load(ACQ))) {
+            seen.fetch_max(until.min(now), Ordering::AcqRel);
+        }
+    }
 }
 
 /// The locked side of an endpoint: its windows.
@@ -654,6 +668,7 @@ impl TriggerEvaluator {
             }
             ProviderSignal::StatusPage { state, .. } => {
                 let _g = cell.inner.lock();
+                hot.retire_status(now_ms);
                 hot.status.store(status_to_u8(state), REL);
                 hot.status_until.store(ttl_until, REL);
             }
@@ -1016,6 +1031,73 @@ impl TriggerEvaluator {
         Ok(())
     }
 
+    /// Since when `endpoint` has been usable for a tenant whose thresholds are `view`, as far as
+    /// the evaluator keeps history: [`healthy_since`](Self::healthy_since) (breaker closed, no
+    /// provider "not before"), and no status-page state in the tenant's `status_page` set in
+    /// force since then. `None` while one is in force. Lock-free.
+    ///
+    /// This is what the router's promotion rule (`healthy_for`) reads, so that a provider whose
+    /// status page alternates between an outage and operational faster than `healthy_for`
+    /// never draws a session back up. Queue depth, rate-limit headroom and the tenant's P95
+    /// ceiling keep no such history: they are checked as they stand when the router tries the
+    /// higher tier.
+    ///
+    /// ```
+    /// use downshift::policy::StatusPageState;
+    /// use downshift::trigger::{
+    ///     EvaluatorSettings, ProviderSignal, StatusSet, TenantTriggers, TriggerEvaluator,
+    /// };
+    /// use downshift::{EndpointIdx, Timestamp};
+    ///
+    /// let eval = TriggerEvaluator::new(&EvaluatorSettings::default(), 1, 7).unwrap();
+    /// let (e, at) = (EndpointIdx(0), Timestamp::from_millis);
+    /// let view = TenantTriggers {
+    ///     status_page: StatusSet::EMPTY.with(StatusPageState::MajorOutage),
+    ///     ..TenantTriggers::default()
+    /// };
+    /// let page = |state| ProviderSignal::StatusPage { endpoint: e, state };
+    /// eval.signal(&page(StatusPageState::MajorOutage), at(10_000)).unwrap();
+    /// assert_eq!(eval.healthy_since_for(e, &view, at(20_000)).unwrap(), None);
+    /// eval.signal(&page(StatusPageState::Operational), at(30_000)).unwrap();
+    /// let (since, _) = eval.healthy_since_for(e, &view, at(40_000)).unwrap().unwrap();
+    /// assert_eq!(since, at(30_000));
+    /// ```
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn healthy_since_for(
+        &self,
+        endpoint: EndpointIdx,
+        view: &TenantTriggers,
+        now: Timestamp,
+    ) -> Result<Option<(Timestamp, bool)>, TriggerError> {
+        let Some((since, by_probe)) = self.healthy_since(endpoint, now)? else {
+            return Ok(None);
+        };
+        let mut since = since.as_millis();
+        if !view.status_page.is_empty() {
+            let hot = &self.cell(endpoint)?.hot;
+            let now_ms = now.as_millis();
+            let current = hot.status.load(ACQ);
+            let until = hot.status_until.load(ACQ);
+            for s in view.status_page.iter() {
+                let k = status_to_u8(s);
+                let mut seen = hot
+                    .status_seen
+                    .get(usize::from(k))
+                    .map_or(0, |x| x.load(ACQ));
+                if current == k {
+                    if now_ms < until {
+                        return Ok(None);
+                    }
+                    seen = seen.max(until);
+                }
+                since = since.max(seen);
+            }
+        }
+        Ok(Some((Timestamp::from_millis(since), by_probe)))
+    }
+
     /// Asks for one of the half-open probe permits of a recovering endpoint, shared by every
     /// tenant of the platform (the router asks only for probe-eligible tenants). The first ask
     /// after the open wait moves the breaker to half-open; a round that outlives the half-open
@@ -1082,6 +1164,7 @@ impl TriggerEvaluator {
         inner.breaker.reset(now.as_millis(), &mut |e| self.emit(e));
         hot.not_before.store(0, REL);
         hot.queue_until.store(0, REL);
+        hot.retire_status(now.as_millis());
         hot.status_until.store(0, REL);
         hot.rl_req_until.store(0, REL);
         hot.rl_tok_until.store(0, REL);
