@@ -5,7 +5,7 @@
 //! check by id and by handle, the health snapshot), `threads` (one call's check, budget check
 //! and observe on one and two threads, for scaling) and `baseline` (a plain `HashMap<String, _>`
 //! lookup among the same 100,000 tenants, and one dependent cache miss: the machine's floor for
-//! any per-tenant state). `observe_oncpu` and `health_oncpu` repeat the first two groups
+//! any per-tenant state). `observe_oncpu`, `health_oncpu` and `baseline_oncpu` repeat those groups
 //! measuring each thread's time on a CPU instead of elapsed time (see [`OnCpu`]).
 //!
 //! `route` (and `route_oncpu`) measure [`TierRouter::route`] over a real policy set
@@ -400,14 +400,14 @@ fn threads(c: &mut Criterion, f: &Fixture) {
 }
 
 /// The floor: one random lookup among 100,000 string keys in a std `HashMap`.
-fn baseline(c: &mut Criterion, f: &Fixture) {
+fn baseline<M: Measurement>(c: &mut Criterion<M>, f: &Fixture, suffix: &str) {
     let map: HashMap<String, u64> = f
         .callers
         .iter()
         .enumerate()
         .map(|(i, c)| (c.tenant.as_str().to_string(), i as u64))
         .collect();
-    let mut g = c.benchmark_group("baseline");
+    let mut g = c.benchmark_group(format!("baseline{suffix}"));
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
     g.bench_function("std_hashmap_lookup_100k_tenants", |b| {
@@ -900,13 +900,14 @@ fn hot_path(c: &mut Criterion) {
     observe(c, &f, "");
     health(c, &f, "");
     threads(c, &f);
-    baseline(c, &f);
+    baseline(c, &f, "");
 }
 
 fn hot_path_on_cpu(c: &mut Criterion<OnCpu>) {
     let f = Fixture::new();
     observe(c, &f, "_oncpu");
     health(c, &f, "_oncpu");
+    baseline(c, &f, "_oncpu");
 }
 
 criterion_group!(benches, hot_path);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::catalog::EndpointIdx;
-use crate::id::{SessionId, TaskKind, TenantId};
+use crate::id::{EndpointId, SessionId, TaskKind, TenantId};
 
 /// Any error this crate returns.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,9 @@ pub enum Error {
     /// The audit log could not be written or does not verify.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// An engine operation (approval, resume) was refused.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The trigger evaluator was given something it cannot use.
     #[error(transparent)]
     Trigger(#[from] TriggerError),
@@ -100,6 +103,56 @@ pub enum PolicyError {
     },
 }
 
+/// Errors from [`Engine`](crate::engine::Engine) operations on approvals and sessions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No approval request has this ticket.
+    #[error("unknown approval ticket {ticket}")]
+    UnknownTicket {
+        /// The ticket.
+        ticket: String,
+    },
+    /// The approval request was already answered or has expired.
+    #[error("approval ticket {ticket} is no longer pending (it is {state})")]
+    TicketNotPending {
+        /// The ticket.
+        ticket: String,
+        /// Its state.
+        state: String,
+    },
+    /// No checkpoint exists for this session.
+    #[error("no checkpoint for session `{session}`")]
+    UnknownSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session is not suspended (never was, or another caller or replica resumed it).
+    #[error("session `{session}` is not suspended (already resumed?)")]
+    NotSuspended {
+        /// The session.
+        session: SessionId,
+    },
+    /// A shared store (approvals, health exchange) failed.
+    #[error("shared store error: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+    },
+    /// An endpoint id not in the catalog.
+    #[error("unknown endpoint `{endpoint}`")]
+    UnknownEndpoint {
+        /// The id given.
+        endpoint: EndpointId,
+    },
+    /// The resume token does not match the session's suspension.
+    #[error("the resume token does not match session `{session}`'s suspension")]
+    TokenMismatch {
+        /// The session.
+        session: SessionId,
+    },
+}
+
 /// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,17 +186,50 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// The session's stored checkpoint belongs to another tenant; a session never changes tenant.
+    #[error(
+        "session `{session}` belongs to tenant `{stored}`, not `{given}`: a session never changes tenant"
+    )]
+    TenantMismatch {
+        /// The session.
+        session: SessionId,
+        /// The tenant of the stored checkpoint.
+        stored: TenantId,
+        /// The tenant the caller gave.
+        given: TenantId,
+    },
+    /// The checkpoint cannot be stored as given (it cannot be encoded, or its version would
+    /// overflow).
+    #[error("checkpoint for session `{session}` cannot be stored: {reason}")]
+    Invalid {
+        /// The session.
+        session: SessionId,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store cannot run the operation (its worker threads are gone or the store is closed).
+    #[error("checkpoint store unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Errors from the audit log.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// The chain does not verify at this record.
-    #[error("audit log does not verify at record {seq}: {reason}")]
+    /// The chain does not verify at this record: a record was edited, deleted, inserted,
+    /// reordered, or the log was cut back or rewritten relative to a kept head.
+    #[error("{}audit log does not verify at record {seq}: {reason}", tamper_place(.path.as_deref(), *.line))]
     Tampered {
-        /// Sequence number (or line index) of the first bad record.
+        /// The sequence number expected at the first position that does not verify (for a kept
+        /// head that the log no longer reaches: the head's sequence number).
         seq: u64,
+        /// The file, when verifying a file.
+        path: Option<PathBuf>,
+        /// The 1-based line number in the file, when verifying a file.
+        line: Option<u64>,
         /// What is wrong.
         reason: String,
     },
@@ -156,6 +242,49 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    /// The log's last line is incomplete (a write was interrupted). It is reported, never
+    /// silently dropped; `JsonlAuditSink::repair_torn_tail` moves it aside explicitly.
+    #[error("{path}:{line}: the last line ({bytes} bytes) is incomplete: a write was interrupted")]
+    TornTail {
+        /// The log file.
+        path: PathBuf,
+        /// The 1-based line number of the incomplete line.
+        line: u64,
+        /// How many bytes the incomplete line has.
+        bytes: u64,
+    },
+    /// The event cannot be recorded as given (e.g. a trigger's measured value is not finite).
+    #[error("audit event cannot be recorded: {reason}")]
+    InvalidEvent {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A kept head could not be read or parsed.
+    #[error("invalid audit head {path}: {reason}")]
+    InvalidHead {
+        /// The head file (or `-` when given inline).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The sink stopped accepting records after an earlier write failed; reopen the log (which
+    /// verifies it) to continue.
+    #[error("audit sink {path} stopped after a failed write: {reason}")]
+    Failed {
+        /// The log file.
+        path: PathBuf,
+        /// The earlier failure.
+        reason: String,
+    },
+}
+
+fn tamper_place(path: Option<&std::path::Path>, line: Option<u64>) -> String {
+    match (path, line) {
+        (Some(p), Some(l)) => format!("{}:{l}: ", p.display()),
+        (Some(p), None) => format!("{}: ", p.display()),
+        (None, Some(l)) => format!("line {l}: "),
+        (None, None) => String::new(),
+    }
 }
 
 /// How serious a [`Problem`] is.

@@ -95,17 +95,27 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod audit;
+pub mod blocking;
 pub mod catalog;
+pub mod checkpoint;
 pub mod clock;
 pub mod digest;
+pub mod engine;
 pub mod error;
 pub mod id;
 pub mod policy;
 pub mod router;
 pub mod trigger;
 
+pub use audit::{
+    AuditEvent, AuditEventKind, AuditHead, AuditRecord, AuditSink, JsonlAuditSink, MemoryAuditSink,
+};
 pub use catalog::{
     Capabilities, CapabilityGap, Catalog, Endpoint, EndpointIdx, Pricing, Requirements,
+};
+pub use checkpoint::{
+    Checkpoint, CheckpointStore, FileCheckpointStore, MemoryCheckpointStore, ResumeToken,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;

@@ -285,3 +285,63 @@ fn explain_with_endpoints_down_shows_the_route_and_every_candidate() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn audit_verify_accepts_an_intact_log_and_names_the_first_bad_record() {
+    use downshift::audit::{AuditEvent, AuditEventKind, AuditSink, JsonlAuditSink};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    {
+        let sink = JsonlAuditSink::open(&log).unwrap();
+        for i in 0..5u64 {
+            let ev = AuditEvent::new(
+                downshift::Timestamp::from_millis(1_795_000_000_000 + i),
+                AuditEventKind::Rejection {
+                    reason: format!("nothing usable #{i}"),
+                },
+            )
+            .tenant(downshift::TenantId::new("acme"));
+            futures::executor::block_on(sink.append(ev)).unwrap();
+        }
+    }
+    let path = log.to_str().unwrap();
+    let ok = downshift(&["audit", "verify", path, "--print-head"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let out = text(&ok.stdout);
+    assert!(out.contains("ok: 5 record(s) verified"), "{out}");
+    // Keep the head the way an auditor would, then check the log against it.
+    let head_line = out.lines().last().unwrap();
+    let head = dir.path().join("head.json");
+    std::fs::write(&head, head_line).unwrap();
+    let with_head = downshift(&["audit", "verify", path, "--head", head.to_str().unwrap()]);
+    assert_eq!(
+        with_head.status.code(),
+        Some(0),
+        "{}",
+        text(&with_head.stderr)
+    );
+
+    // Edit one record: detected, named, exit 1.
+    let original = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        &log,
+        original.replacen("nothing usable #2", "nothing usable #9", 1),
+    )
+    .unwrap();
+    let bad = downshift(&["audit", "verify", path]);
+    assert_eq!(bad.status.code(), Some(1));
+    let e = text(&bad.stderr);
+    assert!(e.contains("record"), "{e}");
+    // Cut back before the kept head: detected.
+    let kept: Vec<&str> = original.lines().take(3).collect();
+    std::fs::write(&log, format!("{}\n", kept.join("\n"))).unwrap();
+    let cut = downshift(&["audit", "verify", path, "--head", head.to_str().unwrap()]);
+    assert_eq!(cut.status.code(), Some(1), "{}", text(&cut.stdout));
+    // A missing file is bad input.
+    assert_eq!(
+        downshift(&["audit", "verify", "no/such.jsonl"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

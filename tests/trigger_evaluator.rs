@@ -1106,3 +1106,52 @@ fn the_evaluator_is_shared_across_threads() {
     }
     assert_eq!(eval.health(E0, at(600)).unwrap().calls, 1000);
 }
+
+#[test]
+fn a_budget_handle_charges_the_same_spend_as_ids_and_survives_eviction() {
+    let eval = evaluator(&settings(20, 10));
+    let view = hourly_budget(10.0);
+    let budget = view.budget.as_ref().unwrap();
+    let a = TenantId::new("a");
+    let s = SessionId::new("s");
+    let scope = BudgetScope::tenant(&a).session(&s);
+    let handle = eval.budget_handle(&scope, at(0));
+    assert_eq!((handle.tenant(), handle.session()), (&a, Some(&s)));
+    for (i, with_handle) in [true, false, true].into_iter().enumerate() {
+        let now = at(i as u64);
+        let obs = Observation::new(E0, &a, OutcomeClass::Ok, now, Duration::ZERO)
+            .session(&s)
+            .cost(0.75)
+            .budget(budget);
+        let obs = if with_handle {
+            obs.budget_handle(&handle)
+        } else {
+            obs
+        };
+        eval.observe(&obs, now).unwrap();
+    }
+    let by_handle = eval
+        .check_budget(&scope.with_handle(&handle), &view, at(3))
+        .unwrap();
+    let by_id = eval.check_budget(&scope, &view, at(3)).unwrap();
+    assert_eq!(by_handle, by_id);
+    assert_eq!(
+        (by_id.kind, by_id.measured),
+        (TriggerKind::SessionBudget, 2.25)
+    );
+    // Evicted while idle; the engine still holds the old handle.
+    eval.evict_idle(at(10_000_000), secs(60));
+    assert_eq!(eval.tracked_tenants(), 0);
+    let now = at(10_000_001);
+    let obs = Observation::new(E0, &a, OutcomeClass::Ok, now, Duration::ZERO)
+        .session(&s)
+        .cost(0.5)
+        .budget(budget)
+        .budget_handle(&handle);
+    eval.observe(&obs, now).unwrap();
+    assert_eq!(eval.spend(&scope, now).session_usd, 0.5);
+    assert_eq!(
+        eval.spend(&scope.with_handle(&handle), now).session_usd,
+        0.5
+    );
+}

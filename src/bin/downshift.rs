@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Work with audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print the JSON Schema of a file format.
     Schema {
         /// Which format.
@@ -85,6 +90,23 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify a JSON-lines audit log: exit 0 when the hash chain is intact (and contains the kept
+    /// head, with --head), 1 naming the first bad record when it is not, 2 when it cannot be read.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+        /// A signed-off head (`{"seq": N, "digest": "sha256:..."}`) kept by an auditor: the log
+        /// must still contain it.
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Print the head of the verified log as JSON (to keep for the next check).
+        #[arg(long)]
+        print_head: bool,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum SchemaKind {
     /// A policy layer file.
@@ -107,6 +129,14 @@ fn main() -> ExitCode {
             paths,
             deny_warnings,
         } => validate(&paths, deny_warnings),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    head,
+                    print_head,
+                },
+        } => audit_verify(&file, head.as_deref(), print_head),
         Command::Schema { kind } => {
             let s = match kind {
                 SchemaKind::Policy => policy::schema::policy_schema(),
@@ -144,6 +174,41 @@ fn main() -> ExitCode {
                 session_tier,
             };
             explain(&paths, &what, json)
+        }
+    }
+}
+
+fn audit_verify(
+    file: &std::path::Path,
+    head: Option<&std::path::Path>,
+    print_head: bool,
+) -> ExitCode {
+    use downshift::AuditError;
+    use downshift::audit::{AuditHead, verify_file};
+    let kept = match head.map(AuditHead::read).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("downshift: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match verify_file(file, kept.as_ref()) {
+        Ok(report) => {
+            println!("{}: {report}", file.display());
+            if print_head {
+                if let Some(h) = &report.head {
+                    println!("{}", serde_json::to_string(h).unwrap_or_default());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ AuditError::Io { .. }) => {
+            eprintln!("downshift: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::from(1)
         }
     }
 }

@@ -813,4 +813,25 @@ pub struct Continuity {
     /// Allow fitting a session's context into a smaller window (dropping old items, summarizing)
     /// when it moves to an endpoint that cannot hold it. Without it, such endpoints are skipped.
     pub fit_to_smaller_window: bool,
+    /// What a streamed answer does when its stream fails after output was already forwarded
+    /// (a cut connection, a stall past the deadline, an error event mid-answer).
+    pub mid_stream: MidStream,
+}
+
+/// What a streamed answer does when its stream fails after output was already forwarded.
+///
+/// A failure before the first chunk is an ordinary failed attempt either way (the engine falls
+/// back as for a call). A request error mid-stream (content filter and the like) is always
+/// surfaced: it would fail the same way elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MidStream {
+    /// End the stream with an error outcome that carries the partial output, flagged partial:
+    /// never a clean completion.
+    #[default]
+    Surface,
+    /// Route again (the failed endpoint counts as an attempt) and have the next endpoint
+    /// continue the answer from the partial output; the result is flagged continued (and
+    /// degraded when the fallback is below the tenant's top tier), and the tier change audited.
+    Continue,
 }

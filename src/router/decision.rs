@@ -169,7 +169,9 @@ impl fmt::Display for Reason {
 
 /// An approval request's id: the same pending switch (tenant, session, from, to, policy) always
 /// gets the same ticket, so repeated calls while a human decides do not pile up requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct ApprovalTicket(pub u64);
 
 impl fmt::Display for ApprovalTicket {

@@ -42,7 +42,7 @@ pub(crate) const TIME_BUCKETS: usize = 20;
 pub const MAX_PROBES: u32 = 64;
 
 /// The state of an endpoint's breaker as reported to callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls flow; outcomes are counted.
@@ -329,7 +329,7 @@ impl BreakerConfig {
     }
 
     /// The ms to wait after the `reopens`-th re-open, rounded up so it never ends early.
-    fn wait_ms(&self, endpoint: EndpointIdx, reopens: u32) -> u64 {
+    pub(crate) fn wait_ms(&self, endpoint: EndpointIdx, reopens: u32) -> u64 {
         let d = open_wait(&self.wait, self.seed, endpoint, reopens);
         u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
@@ -857,6 +857,55 @@ impl BreakerCore {
             round: self.round.id,
             slot: u8::try_from(slot).unwrap_or(u8::MAX),
         })
+    }
+
+    /// Gives back a probe permit that was not used (e.g. another replica already claimed the
+    /// platform-wide probe slot), so the round does not wait for it to time out.
+    pub(crate) fn release(&mut self, permit: ProbePermit) {
+        if self.mode == BreakerMode::Auto
+            && self.state == Auto::HalfOpen
+            && permit.round == self.round.id
+            && permit.slot < 64
+        {
+            self.round.outstanding &= !(1u64 << permit.slot);
+        }
+    }
+
+    /// Adopts another replica's open state: open until `until` (if that is later than what this
+    /// replica has), keeping the larger re-open count. Returns whether anything changed.
+    pub(crate) fn adopt_open(
+        &mut self,
+        until: u64,
+        reopens: u32,
+        now: u64,
+        trigger: Trigger,
+        emit: &mut impl FnMut(BreakerEvent),
+    ) -> bool {
+        if self.mode != BreakerMode::Auto || until <= now {
+            return false;
+        }
+        let later = match self.state {
+            Auto::Closed | Auto::HalfOpen => true,
+            Auto::Open => until > self.open_until,
+        };
+        if !later {
+            return false;
+        }
+        let from = self.reported();
+        self.state = Auto::Open;
+        self.opened_at = now;
+        self.open_until = until;
+        self.reopens = self.reopens.max(reopens);
+        self.window.clear();
+        self.consecutive = 0;
+        self.round.outstanding = 0;
+        self.round.succeeded = 0;
+        let trigger = trigger
+            .at(self.endpoint)
+            .until(Timestamp::from_millis(until));
+        self.last_trip = Some(trigger);
+        self.event(from, now, trigger, emit);
+        true
     }
 
     /// The trigger a refused call reports while open.

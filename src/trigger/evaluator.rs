@@ -11,8 +11,11 @@
 //!   windows. A query takes that mutex only in one case: the first query after an endpoint has
 //!   been idle long enough for samples to leave its latency window expires them (once per
 //!   latency slice at most).
-//! - tenant budget state lives in [`SHARDS`](super::budget) mutex-guarded shards keyed by the
-//!   tenant id's hash; a lookup compares `&str` and never allocates.
+//! - each tenant's budget state is a cell with its own mutex (its sessions' and workflows' cells
+//!   inside), found through 64 mutex-guarded shards keyed by the tenant id's hash; a lookup
+//!   compares `&str` and never allocates, and a [`BudgetHandle`] kept per session skips it.
+//!
+//! `docs/performance.md` has the measured costs.
 //!
 //! # Breaker events
 //!
@@ -28,7 +31,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::breaker::{BreakerConfig, BreakerCore, BreakerEvent, BreakerMode, BreakerState, Probe};
+use super::breaker::{
+    BreakerConfig, BreakerCore, BreakerEvent, BreakerMode, BreakerState, Probe, ProbePermit,
+};
 use super::budget::{BudgetHandle, BudgetStore, Evicted, Scope, Spend};
 use super::latency::LatencyWindow;
 use super::observation::{Observation, ProviderSignal};
@@ -100,6 +105,20 @@ impl EvaluatorSettings {
             max_not_before: Duration::from_secs(24 * 3600),
         }
     }
+}
+
+/// One endpoint's shared health as replicas exchange it: mergeable (the more pessimistic state
+/// and the later "not before" win).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedHealth {
+    /// The breaker state.
+    pub state: BreakerState,
+    /// Until when it is open, while open.
+    pub open_until: Option<Timestamp>,
+    /// Consecutive re-opens.
+    pub reopens: u32,
+    /// The provider's "not before", while in force.
+    pub not_before: Option<Timestamp>,
 }
 
 /// Whether an endpoint may serve a tenant's call now.
@@ -225,6 +244,10 @@ struct Hot {
     rl_tok_until: AtomicU64,
     /// When the breaker last closed (0: closed since the start).
     closed_since: AtomicU64,
+    /// When the endpoint last failed with a capacity error (0: never).
+    last_failure: AtomicU64,
+    /// When the endpoint last answered successfully (0: never).
+    last_success: AtomicU64,
     /// Whether that close came from successful half-open probes.
     closed_by_probe: AtomicU8,
     /// Per status-page state (by `status_to_u8`): until when it was last in force, once it was
@@ -591,6 +614,11 @@ impl TriggerEvaluator {
             self.block_until(hot, until, now_ms);
         }
         let flags = self.breaker.flags(obs.outcome, obs.latency);
+        if flags.failure {
+            hot.last_failure.fetch_max(now_ms, Ordering::AcqRel);
+        } else if obs.outcome == OutcomeClass::Ok {
+            hot.last_success.fetch_max(now_ms, Ordering::AcqRel);
+        }
         {
             let mut inner = cell.inner.lock();
             let inner = &mut *inner;
@@ -847,8 +875,8 @@ impl TriggerEvaluator {
     }
 
     /// Since when `endpoint` has been healthy for everyone, as far as its shared state goes:
-    /// its breaker closed (or disabled / metrics only) since that time and no provider "not
-    /// before" in force. `None` while it is open, half-open, forced open or blocked. The second
+    /// its breaker closed (or disabled / metrics only), no provider "not before" in force, and no
+    /// capacity failure since that time. `None` while it is open, half-open, forced open or blocked. The second
     /// value says whether the last close came from successful half-open probes (or the breaker
     /// never tripped). Lock-free.
     ///
@@ -874,8 +902,20 @@ impl TriggerEvaluator {
         if state == BreakerState::Closed && nb > now_ms {
             return Ok(None);
         }
+        // The latest evidence is a failure: not healthy, however long ago it was, until a call
+        // or a probe succeeds.
+        if state == BreakerState::Closed && hot.last_failure.load(ACQ) > hot.last_success.load(ACQ)
+        {
+            return Ok(None);
+        }
+        // Healthy since the breaker closed, the provider's "not before" passed, and the last
+        // capacity failure — whichever is latest: failures too few to open the breaker still
+        // reset the clock.
         let since = if state == BreakerState::Closed {
-            hot.closed_since.load(ACQ).max(nb)
+            hot.closed_since
+                .load(ACQ)
+                .max(nb)
+                .max(hot.last_failure.load(ACQ))
         } else {
             hot.closed_since.load(ACQ)
         };
@@ -949,6 +989,113 @@ impl TriggerEvaluator {
             }
         }
         Ok(Some((Timestamp::from_millis(since), by_probe)))
+    }
+
+    /// Whether `endpoint` wants a probe: its breaker waits for one (open wait over, or
+    /// half-open with permits left), or — with the breaker closed — its latest evidence is a
+    /// capacity failure at least an initial open wait old and nothing has called it since, so
+    /// only a probe can tell whether it is back.
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn wants_probe(&self, endpoint: EndpointIdx, now: Timestamp) -> Result<bool, TriggerError> {
+        if matches!(
+            self.check(endpoint, &TenantTriggers::default(), now)?,
+            Verdict::ProbeOnly(_)
+        ) {
+            return Ok(true);
+        }
+        let hot = &self.cell(endpoint)?.hot;
+        let now_ms = now.as_millis();
+        let (failed, ok) = (hot.last_failure.load(ACQ), hot.last_success.load(ACQ));
+        Ok(
+            BreakerState::from_u8(hot.state.load(ACQ)) == BreakerState::Closed
+                && failed > ok
+                && hot.not_before.load(ACQ) <= now_ms
+                && now_ms.saturating_sub(failed) >= self.breaker.wait_ms(endpoint, 0),
+        )
+    }
+
+    /// This replica's view of an endpoint's shared health, to publish to other replicas
+    /// (see [`TriggerEvaluator::merge_shared`]).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn shared_health(
+        &self,
+        endpoint: EndpointIdx,
+        now: Timestamp,
+    ) -> Result<SharedHealth, TriggerError> {
+        let hot = &self.cell(endpoint)?.hot;
+        let now_ms = now.as_millis();
+        let state = BreakerState::from_u8(hot.state.load(ACQ));
+        let open_until = hot.open_until.load(ACQ);
+        let nb = hot.not_before.load(ACQ);
+        Ok(SharedHealth {
+            state,
+            open_until: (matches!(state, BreakerState::Open) && open_until > now_ms)
+                .then(|| Timestamp::from_millis(open_until)),
+            reopens: hot.reopens.load(ACQ),
+            not_before: (nb > now_ms).then(|| Timestamp::from_millis(nb)),
+        })
+    }
+
+    /// Merges another replica's view of an endpoint: the later "not before" wins, and an open
+    /// breaker elsewhere opens this replica's too, until the later of the two open waits (so
+    /// ten replicas do not each need their own failures to stop calling a failing provider).
+    /// A closed state elsewhere never closes this replica's breaker: the more pessimistic view
+    /// wins. Returns whether anything changed. The caller decides freshness (see the engine's
+    /// health exchange).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn merge_shared(
+        &self,
+        endpoint: EndpointIdx,
+        remote: &SharedHealth,
+        now: Timestamp,
+    ) -> Result<bool, TriggerError> {
+        let cell = self.cell(endpoint)?;
+        let hot = &cell.hot;
+        let now_ms = now.as_millis();
+        let mut changed = false;
+        if let Some(nb) = remote.not_before {
+            let nb = nb
+                .as_millis()
+                .min(now_ms.saturating_add(self.max_not_before));
+            if hot.not_before.fetch_max(nb, Ordering::AcqRel) < nb {
+                changed = true;
+            }
+        }
+        if let Some(until) = remote.open_until {
+            let mut inner = cell.inner.lock();
+            let t = Trigger::new(TriggerKind::BreakerOpen, f64::from(remote.reopens), 0.0);
+            if inner.breaker.adopt_open(
+                until
+                    .as_millis()
+                    .min(now_ms.saturating_add(self.max_not_before)),
+                remote.reopens,
+                now_ms,
+                t,
+                &mut |e| self.emit(e),
+            ) {
+                changed = true;
+            }
+            self.publish(hot, &inner);
+        }
+        Ok(changed)
+    }
+
+    /// Gives back an unused probe permit (another replica took the platform-wide probe slot).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn release_probe(&self, permit: ProbePermit, _now: Timestamp) -> Result<(), TriggerError> {
+        let cell = self.cell(permit.endpoint)?;
+        let mut inner = cell.inner.lock();
+        inner.breaker.release(permit);
+        self.publish(&cell.hot, &inner);
+        Ok(())
     }
 
     /// Asks for one of the half-open probe permits of a recovering endpoint, shared by every

@@ -32,7 +32,7 @@ pub use breaker::{
 pub use budget::{BudgetHandle, Evicted, Spend};
 pub use evaluator::{
     BudgetScope, EndpointHealth, EvaluatorSettings, LatencySnapshot, MAX_ENDPOINTS,
-    MAX_QUEUED_EVENTS, Signals, TriggerEvaluator, Verdict,
+    MAX_QUEUED_EVENTS, SharedHealth, Signals, TriggerEvaluator, Verdict,
 };
 pub use observation::{Observation, ProviderSignal, Usage};
 pub use view::{StatusSet, TenantTriggers};

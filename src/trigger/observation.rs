@@ -200,8 +200,8 @@ impl<'a> Observation<'a> {
 /// Queue depth, status-page state and rate-limit readings without a reset time hold for the
 /// evaluator's signal time-to-live and are replaced by newer readings; a poller that stops does
 /// not leave an endpoint blocked forever.
-// A signal is a short-lived value passed by reference; boxing the rate-limit state (which grew
-// with the classifier's Anthropic fields) would cost an allocation per signal.
+// Signals are pushed rarely and moved once; boxing the rate-limit reading would only make
+// them clumsier to build.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProviderSignal {

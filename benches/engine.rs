@@ -1,0 +1,107 @@
+//! Engine overhead per call against a no-op `ModelClient`.
+//!
+//! `cargo bench --bench engine`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use criterion::{Criterion, criterion_group, criterion_main};
+use downshift::engine::{
+    Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, TokenUsage,
+};
+use downshift::policy::PolicySet;
+use downshift::{ManualClock, OutcomeClass, Timestamp};
+use futures::executor::block_on;
+
+/// Answers at once; fails on the listed endpoint.
+struct Noop {
+    fail: Option<&'static str>,
+}
+
+#[async_trait]
+impl ModelClient<(), ()> for Noop {
+    async fn call(&self, req: ModelRequest<()>) -> Result<ModelResponse<()>, ModelError> {
+        if self.fail == Some(req.endpoint.as_str()) {
+            return Err(ModelError::of(OutcomeClass::RateLimited, "429"));
+        }
+        Ok(ModelResponse::new(
+            (),
+            TokenUsage {
+                input_tokens: 500,
+                output_tokens: 100,
+            },
+        ))
+    }
+}
+
+fn engine(fail: Option<&'static str>) -> Engine<(), ()> {
+    let set = PolicySet::load(&["examples/policies"]).expect("example policies");
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    Engine::builder(set, Arc::new(Noop { fail }))
+        .clock(Arc::new(clock))
+        .build()
+        .expect("engine")
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine");
+    g.measurement_time(Duration::from_secs(4));
+
+    // Callers keep their ids (cheap `Arc<str>` clones), so building a call allocates nothing.
+    let tenant = downshift::TenantId::new("marketing-agency");
+    let task = downshift::TaskKind::new("copywriting");
+    let session = downshift::SessionId::new("s-1");
+    let healthy = engine(None);
+    g.bench_function("healthy_call", |b| {
+        b.iter(|| {
+            let r = block_on(healthy.call(Call::new(tenant.clone(), task.clone(), ())));
+            assert!(matches!(r, CallResult::Completed(_)));
+        });
+    });
+    g.bench_function("healthy_session_call", |b| {
+        b.iter(|| {
+            let r = block_on(
+                healthy.call(Call::new(tenant.clone(), task.clone(), ()).session(session.clone())),
+            );
+            assert!(matches!(r, CallResult::Completed(_)));
+        });
+    });
+
+    // The primary is blocked (retry-after in force), so every sessionless call falls to tier 2
+    // and writes a tier-change record to the in-memory audit sink.
+    let degraded = engine(Some("frontier-vendor-eu"));
+    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
+    let someone = downshift::TenantId::new("x");
+    let blocked = downshift::Observation::new(
+        degraded
+            .policies()
+            .current()
+            .catalog()
+            .index_of("frontier-vendor-us")
+            .expect("endpoint"),
+        &someone,
+        OutcomeClass::RateLimited,
+        Timestamp::from_millis(1_795_000_000_000),
+        Duration::ZERO,
+    )
+    .retry_after(Duration::from_secs(3600));
+    degraded
+        .evaluator()
+        .observe(&blocked, Timestamp::from_millis(1_795_000_000_000))
+        .expect("observe");
+    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
+    g.bench_function("degraded_call_audited", |b| {
+        b.iter(|| {
+            let r = block_on(degraded.call(Call::new(tenant.clone(), task.clone(), ())));
+            match r {
+                CallResult::Completed(c) => assert!(c.degraded),
+                other => panic!("{}", other.outcome()),
+            }
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

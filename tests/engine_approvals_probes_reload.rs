@@ -1,0 +1,270 @@
+//! Approvals denied and expired, synthetic probes, and hot reload through the engine.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use downshift::audit::{AuditEventKind, MemoryAuditSink, verify};
+use downshift::engine::{
+    Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
+    TokenUsage,
+};
+use downshift::policy::{PolicySet, Source};
+use downshift::{EndpointId, ManualClock, OutcomeClass, Timestamp};
+use futures::executor::block_on;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Script {
+    failing: Mutex<HashSet<String>>,
+    probes: Mutex<Vec<String>>,
+}
+
+struct Scripted(Arc<Script>);
+
+#[async_trait]
+impl ModelClient for Scripted {
+    async fn call(&self, req: ModelRequest<Value>) -> Result<ModelResponse<Value>, ModelError> {
+        if req.probe {
+            self.0.probes.lock().push(req.endpoint.to_string());
+        }
+        if self.0.failing.lock().contains(req.endpoint.as_str()) {
+            return Err(ModelError::of(OutcomeClass::Overloaded, "scripted 529"));
+        }
+        Ok(ModelResponse::new(json!({}), TokenUsage::default()))
+    }
+}
+
+struct World {
+    engine: Engine,
+    script: Arc<Script>,
+    clock: ManualClock,
+    audit: Arc<MemoryAuditSink>,
+}
+
+fn world() -> World {
+    let script = Arc::new(Script::default());
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    let audit = Arc::new(MemoryAuditSink::new());
+    let engine = Engine::builder(
+        PolicySet::load(&["examples/policies"]).unwrap(),
+        Arc::new(Scripted(Arc::clone(&script))),
+    )
+    .clock(Arc::new(clock.clone()))
+    .audit(audit.clone())
+    .build()
+    .unwrap();
+    World {
+        engine,
+        script,
+        clock,
+        audit,
+    }
+}
+
+fn risk() -> Call<Value> {
+    Call::new("fintech", "risk_assessment", json!({}))
+        .session("risk-1")
+        .state(json!({"step": 4}))
+}
+
+#[test]
+fn a_denied_switch_suspends_the_session_as_the_policy_says() {
+    let w = world();
+    w.script.failing.lock().insert("frontier-vendor-us".into());
+    let CallResult::AwaitingApproval { ticket, .. } = block_on(w.engine.call(risk())) else {
+        panic!("expected an approval request");
+    };
+    block_on(
+        w.engine
+            .deny(ticket, "officer-3", Some("wait for the primary")),
+    )
+    .unwrap();
+    // fintech: on_approval_timeout is `suspend` (the default) and the ladder has a suspension.
+    assert!(matches!(
+        block_on(w.engine.call(risk())),
+        CallResult::Suspended { .. }
+    ));
+    let kinds: Vec<&str> = w
+        .audit
+        .records()
+        .iter()
+        .map(|r| r.event.kind.name())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["approval_requested", "approval_denied", "suspension"]
+    );
+    // A denied ticket cannot then be approved.
+    assert!(block_on(w.engine.approve(ticket, "officer-4")).is_err());
+}
+
+#[test]
+fn an_unanswered_approval_expires_and_is_audited() {
+    let w = world();
+    w.script.failing.lock().insert("frontier-vendor-us".into());
+    let CallResult::AwaitingApproval { ticket, .. } = block_on(w.engine.call(risk())) else {
+        panic!("expected an approval request");
+    };
+    w.clock.advance(Duration::from_secs(11 * 60)); // fintech's approval_timeout is 10m
+    assert_eq!(block_on(w.engine.expire_approvals()).unwrap(), 1);
+    assert!(block_on(w.engine.approve(ticket, "late")).is_err());
+    assert!(block_on(w.engine.pending_approvals()).unwrap().is_empty());
+    let records = w.audit.records();
+    verify(&records).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r.event.kind, AuditEventKind::ApprovalExpired {}))
+    );
+    match block_on(w.engine.call(risk())) {
+        CallResult::Suspended { reason, .. } => {
+            assert!(reason.contains("not approved in time"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sessionless_call_the_policy_would_suspend_is_rejected_with_the_reason() {
+    let w = world();
+    for id in ["frontier-vendor-eu", "frontier-cloud-eu"] {
+        w.script.failing.lock().insert(id.into());
+    }
+    match block_on(w.engine.call(Call::new(
+        "hospital-network",
+        "clinical_summarization",
+        json!({}),
+    ))) {
+        CallResult::Rejected(r) => assert_eq!(r.kind, RejectKind::NoSession),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn synthetic_probes_test_a_recovering_endpoint_instead_of_a_user_call() {
+    let w = world();
+    w.script.failing.lock().insert("frontier-vendor-eu".into());
+    // Five failures in a row open the primary's breaker.
+    for i in 0..5 {
+        let _ = block_on(w.engine.call(
+            Call::new("marketing-agency", "copywriting", json!({})).session(format!("m{i}")),
+        ));
+    }
+    let primary = EndpointId::new("frontier-vendor-eu");
+    assert!(
+        w.engine.probes_due().is_empty(),
+        "nothing due during the open wait"
+    );
+    w.clock.advance(Duration::from_secs(120));
+    assert!(w.engine.probes_due().contains(&primary));
+    // The provider is back; the platform's cheap probe closes the breaker after 3 successes.
+    w.script.failing.lock().clear();
+    for _ in 0..3 {
+        assert_eq!(
+            block_on(w.engine.probe(&primary, json!({"ping": true}))).unwrap(),
+            Some(OutcomeClass::Ok)
+        );
+    }
+    assert_eq!(w.script.probes.lock().len(), 3);
+    assert!(!w.engine.probes_due().contains(&primary));
+    // Users are served by the primary again, and none of them was a probe.
+    match block_on(
+        w.engine
+            .call(Call::new("marketing-agency", "copywriting", json!({}))),
+    ) {
+        CallResult::Completed(c) => {
+            assert_eq!(c.served_by.endpoint, primary);
+            assert!(!c.flags.probe);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(block_on(w.engine.probe(&EndpointId::new("nope"), json!({}))).is_err());
+}
+
+#[test]
+fn a_reload_is_validated_whole_audited_and_cited_by_later_calls() {
+    let w = world();
+    let before = match block_on(w.engine.call(Call::new(
+        "marketing-agency",
+        "copywriting",
+        json!({}),
+    ))) {
+        CallResult::Completed(c) => c.policy_digest.clone(),
+        other => panic!("{other:?}"),
+    };
+    let mut sources = Source::read_paths(&["examples/policies"]).unwrap();
+    // A broken reload is rejected and leaves the active set alone.
+    let mut broken = sources.clone();
+    broken.push(Source::new("oops.json", "{\"kind\": \"policy\""));
+    assert!(block_on(w.engine.reload(broken)).is_err());
+    assert!(w.audit.records().is_empty());
+    // A valid change is activated and audited.
+    for s in &mut sources {
+        if s.name.ends_with("marketing-agency.json") {
+            s.text = s
+                .text
+                .replace("\"version\": \"", "\"version\": \"reloaded-");
+        }
+    }
+    let set = block_on(w.engine.reload(sources)).unwrap();
+    let records = w.audit.records();
+    assert!(
+        matches!(&records[0].event.kind, AuditEventKind::PolicyActivation { digest, .. } if digest == set.digest())
+    );
+    let after = match block_on(w.engine.call(Call::new(
+        "marketing-agency",
+        "copywriting",
+        json!({}),
+    ))) {
+        CallResult::Completed(c) => c.policy_digest.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(before, after);
+}
+
+/// Answers with OpenAI-style rate-limit headers showing almost no requests left.
+struct NearlyThrottled;
+
+#[async_trait]
+impl ModelClient for NearlyThrottled {
+    async fn call(&self, _req: ModelRequest<Value>) -> Result<ModelResponse<Value>, ModelError> {
+        let mut r = ModelResponse::new(json!({}), TokenUsage::default());
+        r.headers = vec![
+            ("x-ratelimit-limit-requests".into(), "1000".into()),
+            ("x-ratelimit-remaining-requests".into(), "3".into()),
+            ("x-ratelimit-reset-requests".into(), "20s".into()),
+        ];
+        Ok(r)
+    }
+}
+
+#[test]
+fn rate_limit_headers_on_successes_move_traffic_off_before_any_429() {
+    let mut sources = Source::read_paths(&["examples/policies"]).unwrap();
+    for s in &mut sources {
+        if s.name.ends_with("marketing-agency.json") {
+            let mut v: Value = serde_json::from_str(&s.text).unwrap();
+            v["triggers"]["rate_limit_remaining"] = json!({"min_requests_fraction": 0.05});
+            s.text = v.to_string();
+        }
+    }
+    let set = PolicySet::from_sources(sources).unwrap();
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    let engine: Engine = Engine::builder(set, Arc::new(NearlyThrottled))
+        .clock(Arc::new(clock))
+        .build()
+        .unwrap();
+    let first = block_on(engine.call(Call::new("marketing-agency", "copywriting", json!({}))));
+    assert_eq!(
+        first.completed().unwrap().served_by.endpoint.as_str(),
+        "frontier-vendor-eu"
+    );
+    // 3 of 1000 left (0.3% < 5%): the next call goes elsewhere, though nothing failed.
+    match block_on(engine.call(Call::new("marketing-agency", "copywriting", json!({})))) {
+        CallResult::Completed(c) => assert_ne!(c.served_by.endpoint.as_str(), "frontier-vendor-eu"),
+        other => panic!("{other:?}"),
+    }
+}
