@@ -5,7 +5,7 @@
 //! check by id and by handle, the health snapshot), `threads` (one call's check, budget check
 //! and observe on one and two threads, for scaling) and `baseline` (a plain `HashMap<String, _>`
 //! lookup among the same 100,000 tenants, and one dependent cache miss: the machine's floor for
-//! any per-tenant state). `observe_oncpu` and `health_oncpu` repeat the first two groups
+//! any per-tenant state). `observe_oncpu`, `health_oncpu` and `baseline_oncpu` repeat those groups
 //! measuring each thread's time on a CPU instead of elapsed time (see [`OnCpu`]).
 //!
 //! `route` (and `route_oncpu`) measure [`TierRouter::route`] over a real policy set

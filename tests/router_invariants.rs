@@ -1491,7 +1491,7 @@ fn run_session(
     for (e, f) in flaps.iter().enumerate() {
         if let Some(f) = f {
             let mut s = f.offset_s;
-            while s < HOUR {
+            while s <= HOUR {
                 events.push((s, 0, e));
                 events.push((s + f.bad_s, 1, e));
                 s += f.period();
