@@ -39,9 +39,11 @@
 
 mod budget;
 mod client;
+mod mode;
 mod result;
 mod shared;
 mod stream;
+mod visibility;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -58,6 +60,7 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
 };
+pub use mode::EngineMode;
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
@@ -243,6 +246,7 @@ struct Inner<P, O> {
     workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
     retry_budget: budget::RetryBudget,
     seed: u64,
+    visibility: visibility::Visibility,
 }
 
 /// What the engine keeps per workflow.
@@ -290,6 +294,9 @@ pub struct EngineBuilder<P, O> {
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: u64,
+    stats: bool,
+    mode: EngineMode,
+    labels: crate::telemetry::TenantLabels,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -371,6 +378,25 @@ where
         self
     }
 
+    /// Whether the engine counts statistics (default on; see [`Engine::stats`]).
+    pub fn stats(mut self, on: bool) -> Self {
+        self.stats = on;
+        self
+    }
+
+    /// The mode the engine starts in (default [`EngineMode::PerTenant`]; switch at run time
+    /// with [`Engine::set_mode`]).
+    pub fn mode(mut self, mode: EngineMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How tenants are labelled in exported metrics (default: all `other`; feature `metrics`).
+    pub fn metric_labels(mut self, labels: crate::telemetry::TenantLabels) -> Self {
+        self.labels = labels;
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -390,6 +416,9 @@ where
             Arc::clone(&evaluator),
             self.seed,
         );
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let visibility =
+            visibility::Visibility::new(clock.now(), self.stats, self.mode, self.labels);
         Ok(Engine {
             inner: Arc::new(Inner {
                 policies: self.policies,
@@ -403,7 +432,7 @@ where
                     .audit
                     .unwrap_or_else(|| Arc::new(MemoryAuditSink::new())),
                 notifier: self.notifier,
-                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                clock,
                 sleeper: self.sleeper.unwrap_or_else(|| Arc::new(NoSleep)),
                 sessions: Sessions::new(),
                 approvals: self
@@ -415,6 +444,7 @@ where
                 workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
+                visibility,
             }),
         })
     }
@@ -474,6 +504,9 @@ where
             clock: None,
             sleeper: None,
             seed: 0,
+            stats: true,
+            mode: EngineMode::PerTenant,
+            labels: crate::telemetry::TenantLabels::new(),
         }
     }
 
@@ -806,31 +839,38 @@ where
     }
 
     /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
-    /// [`CallResult`].
+    /// [`CallResult`]. In [`EngineMode::ObserveOnly`] and [`EngineMode::PlatformBreaker`] the
+    /// call is routed as that mode says; every call is counted in [`Engine::stats`] and traced
+    /// (feature `tracing`).
     pub async fn call(&self, call: Call<P>) -> CallResult<O> {
+        self.call_visible(call).await
+    }
+
+    /// [`Engine::call`] under the tenants' full policies.
+    async fn call_per_tenant(&self, call: &Call<P>) -> CallResult<O> {
         let start = self.inner.clock.now();
-        let mut pre = match self.preflight(&call, start).await {
+        let mut pre = match self.preflight(call, start).await {
             Ok(p) => p,
             Err(end) => return end,
         };
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut audit_seqs = Vec::new();
         loop {
-            let r = match self.next_route(&call, &mut pre, &attempts).await {
+            let r = match self.next_route(call, &mut pre, &attempts).await {
                 Ok(r) => r,
                 Err(end) => return end,
             };
             let catalog = r.set.catalog();
             match self
                 .attempt(
-                    &call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
+                    call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
                 )
                 .await
             {
                 Ok(response) => {
                     return self
                         .complete(
-                            &call,
+                            call,
                             &r.view,
                             catalog,
                             &r.route,
@@ -927,6 +967,16 @@ where
         // An observation is only refused for an index outside the catalog or a bad cost, which
         // the engine never builds.
         let _ = inner.evaluator.observe(&obs, finished);
+        self.record_attempt(
+            &call.tenant,
+            view,
+            route,
+            ep,
+            class,
+            usage,
+            cost,
+            finished.duration_since(started),
+        );
     }
 
     /// Half-open probes are limited platform-wide: with a health exchange, a probe call first
@@ -1052,7 +1102,24 @@ where
         let top = view.top_tier().unwrap_or(0);
         let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
         let moved = route.tier != from;
+        visibility::record_route(route);
+        if let Some(ep) = catalog.try_endpoint(route.endpoint) {
+            visibility::record_models(view, catalog, ep);
+        }
         if moved {
+            visibility::tier_event(
+                if route.tier < from {
+                    "promotion"
+                } else {
+                    "tier_change"
+                },
+                &call.tenant,
+                call.session.as_ref(),
+                from,
+                Some(route.tier),
+                catalog.try_endpoint(route.endpoint).map(|e| e.id.as_str()),
+                route.reason.kind.as_str(),
+            );
             // Checkpoint before the session's tier changes, when the caller gave its state.
             if let (Some(sid), Some(state)) = (&call.session, &call.state) {
                 let cp = self.checkpoint(
@@ -1287,6 +1354,16 @@ where
         if let Err(r) = self.record(ev).await {
             return CallResult::Rejected(r);
         }
+        self.inner.visibility.stats.suspended(&call.tenant);
+        visibility::tier_event(
+            "suspension",
+            &call.tenant,
+            Some(sid),
+            from,
+            None,
+            None,
+            reason.kind.as_str(),
+        );
         self.inner.sessions.update(sid, |s| {
             s.suspended = Some((token.clone(), retry_at, message.clone()));
         });
@@ -1467,6 +1544,7 @@ where
             ev = ev.session(s.clone());
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.approval(&p.tenant, true);
         Ok(())
     }
 
@@ -1495,6 +1573,7 @@ where
             ev = ev.session(s.clone());
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.approval(&p.tenant, false);
         Ok(())
     }
 
@@ -1630,6 +1709,7 @@ where
             ev = ev.checkpoint(r);
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.resumed(&cp.tenant);
         self.inner.sessions.update(session, |s| {
             *s = SessionState {
                 version: Some(version),
@@ -1940,6 +2020,7 @@ where
             AuditEventKind::PolicyActivation {
                 digest: set.digest().clone(),
                 previous: Some(previous),
+                mode: None,
             },
         );
         self.inner.audit.append(ev).await?;
