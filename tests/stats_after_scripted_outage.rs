@@ -44,8 +44,11 @@ fn stats_after_a_scripted_outage_match_hand_computed_counts_and_costs() {
     // The outage: `big` answers 429 with retry-after 60 s. The first call tries it and falls
     // back; the next two go straight to `small` while the retry-after is in force.
     w.clock.advance(Duration::from_secs(10));
-    w.script
-        .fail("big", OutcomeClass::RateLimited, Some(Duration::from_secs(60)));
+    w.script.fail(
+        "big",
+        OutcomeClass::RateLimited,
+        Some(Duration::from_secs(60)),
+    );
     for i in 0..3 {
         let r = block_on(w.engine.call(Call::new("acme", "summarization", payload())));
         assert_eq!(served_by(&r), "small", "outage call {i}");
@@ -83,7 +86,10 @@ fn stats_after_a_scripted_outage_match_hand_computed_counts_and_costs() {
     // Per (tier, endpoint).
     assert_eq!(t.routes.len(), 2);
     let big = &t.routes[0];
-    assert_eq!((big.tier, big.tier_name.as_str(), big.endpoint.as_str()), (0, "primary", "big"));
+    assert_eq!(
+        (big.tier, big.tier_name.as_str(), big.endpoint.as_str()),
+        (0, "primary", "big")
+    );
     assert_eq!(big.attempts, 5);
     assert_eq!(big.degraded, 0);
     assert_eq!(big.outcomes.get("rate_limited"), Some(&1));
@@ -125,18 +131,27 @@ fn stats_after_a_scripted_outage_match_hand_computed_counts_and_costs() {
 #[test]
 fn a_suspension_counts_once_and_a_resume_clears_it() {
     let w = world();
-    w.script
-        .fail("big", OutcomeClass::RateLimited, Some(Duration::from_secs(600)));
+    w.script.fail(
+        "big",
+        OutcomeClass::RateLimited,
+        Some(Duration::from_secs(600)),
+    );
     // Another tenant's call meets the 429 and falls back; `big` is now out for 10 minutes.
     let r = block_on(w.engine.call(Call::new("acme", "summarization", payload())));
     assert_eq!(served_by(&r), "small");
     // `hold` may not leave the primary: its session is suspended.
-    let r = block_on(w.engine.call(Call::new("hold", "summarization", payload()).session("s1")));
+    let r = block_on(
+        w.engine
+            .call(Call::new("hold", "summarization", payload()).session("s1")),
+    );
     let CallResult::Suspended { resume_token, .. } = r else {
         panic!("expected a suspension, got {r:?}");
     };
     // A second call of the suspended session is suspended too, but is not a new suspension.
-    let again = block_on(w.engine.call(Call::new("hold", "summarization", payload()).session("s1")));
+    let again = block_on(
+        w.engine
+            .call(Call::new("hold", "summarization", payload()).session("s1")),
+    );
     assert_eq!(again.outcome(), "suspended");
     let s = w.engine.stats();
     let t = s.tenant("hold").unwrap();
@@ -166,7 +181,11 @@ fn a_suspension_counts_once_and_a_resume_clears_it() {
 #[test]
 fn alert_rules_fire_on_the_thresholds_and_read_from_json() {
     let w = world();
-    w.script.fail("big", OutcomeClass::Overloaded, Some(Duration::from_secs(3600)));
+    w.script.fail(
+        "big",
+        OutcomeClass::Overloaded,
+        Some(Duration::from_secs(3600)),
+    );
     for _ in 0..4 {
         block_on(w.engine.call(Call::new("acme", "summarization", payload())));
         w.clock.advance(Duration::from_secs(100));
@@ -219,7 +238,11 @@ fn disabled_stats_count_nothing_and_unknown_tenants_cost_no_memory() {
     assert!(w.engine.stats().tenants.is_empty());
     w.engine.set_stats_enabled(true);
     for i in 0..50 {
-        let r = block_on(w.engine.call(Call::new(format!("ghost-{i}"), "summarization", payload())));
+        let r = block_on(w.engine.call(Call::new(
+            format!("ghost-{i}"),
+            "summarization",
+            payload(),
+        )));
         assert_eq!(r.outcome(), "rejected");
     }
     let s = w.engine.stats();

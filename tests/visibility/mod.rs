@@ -104,7 +104,9 @@ pub struct World {
 
 pub const T0: u64 = 1_795_000_000_000;
 
-pub fn world_with(f: impl FnOnce(EngineBuilder<Value, Value>) -> EngineBuilder<Value, Value>) -> World {
+pub fn world_with(
+    f: impl FnOnce(EngineBuilder<Value, Value>) -> EngineBuilder<Value, Value>,
+) -> World {
     let set = PolicySet::from_sources(policy_sources()).unwrap();
     let script = Arc::new(Script::default());
     let clock = ManualClock::new(Timestamp::from_millis(T0));
