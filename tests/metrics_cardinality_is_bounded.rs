@@ -14,8 +14,11 @@ use parking_lot::Mutex;
 use visibility::{payload, world};
 
 /// Records every registered series (name and labels).
+/// A series: its name and its labels.
+type SeriesKey = (String, Vec<(String, String)>);
+
 #[derive(Default)]
-struct Series(Mutex<BTreeSet<(String, Vec<(String, String)>)>>);
+struct Series(Mutex<BTreeSet<SeriesKey>>);
 
 impl Series {
     fn add(&self, key: &Key) {

@@ -20,7 +20,7 @@
 
 pub(crate) mod collector;
 mod histogram;
-// REPORT pub mod report;
+pub mod report;
 
 pub(crate) use collector::Collector;
 pub use histogram::Percentiles;
