@@ -55,7 +55,7 @@ fn observe_only_never_changes_where_a_call_goes_yet_reports_the_would_be_decisio
     // And it recorded everything: attempts, outcomes, nothing degraded, no audit tier change.
     assert_eq!(t.calls, 4);
     assert_eq!(t.degraded, 0);
-    assert_eq!(t.outcomes.get("rate_limited"), Some(&3));
+    assert_eq!(t.outcomes.get("rate_limited"), Some(3));
     assert!(
         w.audit
             .records()

@@ -68,8 +68,8 @@ fn stats_after_a_scripted_outage_match_hand_computed_counts_and_costs() {
     assert_eq!(t.completed, 7);
     assert_eq!(t.degraded, 3);
     assert_eq!(t.rejected, 0);
-    assert_eq!(t.outcomes.get("ok"), Some(&7));
-    assert_eq!(t.outcomes.get("rate_limited"), Some(&1));
+    assert_eq!(t.outcomes.get("ok"), Some(7));
+    assert_eq!(t.outcomes.get("rate_limited"), Some(1));
     // Tokens of every answered attempt (the 429 reported none).
     assert_eq!(t.input_tokens, 7000);
     assert_eq!(t.output_tokens, 1400);
@@ -87,12 +87,12 @@ fn stats_after_a_scripted_outage_match_hand_computed_counts_and_costs() {
     assert_eq!(t.routes.len(), 2);
     let big = &t.routes[0];
     assert_eq!(
-        (big.tier, big.tier_name.as_str(), big.endpoint.as_str()),
+        (big.tier, &*big.tier_name, big.endpoint.as_str()),
         (0, "primary", "big")
     );
     assert_eq!(big.attempts, 5);
     assert_eq!(big.degraded, 0);
-    assert_eq!(big.outcomes.get("rate_limited"), Some(&1));
+    assert_eq!(big.outcomes.get("rate_limited"), Some(1));
     assert_eq!(big.cost_usd, sum(4, BIG));
     assert_eq!(big.saving_usd, 0.0);
     let small = &t.routes[1];

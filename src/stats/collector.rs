@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use hashbrown::{DefaultHashBuilder, HashMap};
 use parking_lot::{Mutex, RwLock};
 
-use super::histogram::{BUCKETS, Histogram, Percentiles};
+use super::histogram::Histogram;
 use super::{
     DegradationEvent, EndpointStats, Outcomes, RouteStats, StatsSnapshot, TenantStats, WouldBe,
     WouldBeDecision,
@@ -50,15 +50,8 @@ fn load_f64(cell: &AtomicU64) -> f64 {
     f64::from_bits(cell.load(R))
 }
 
-fn outcomes(cells: &[AtomicU64; CLASSES]) -> Outcomes {
-    OutcomeClass::ALL
-        .iter()
-        .zip(cells)
-        .filter_map(|(c, n)| {
-            let n = n.load(R);
-            (n > 0).then(|| (c.as_str().to_string(), n))
-        })
-        .collect()
+fn counts(cells: &[AtomicU64; CLASSES]) -> [u64; CLASSES] {
+    std::array::from_fn(|i| cells.get(i).map_or(0, |c| c.load(R)))
 }
 
 /// One attempt, as the engine reports it.
@@ -102,7 +95,7 @@ pub(crate) struct CallRecord<'a> {
 #[derive(Debug)]
 struct RouteCell {
     tier: u32,
-    tier_name: String,
+    tier_name: Arc<str>,
     endpoint: EndpointIdx,
     attempts: AtomicU64,
     degraded: AtomicU64,
@@ -158,7 +151,7 @@ impl TenantCell {
             }
             let cell = Arc::new(RouteCell {
                 tier: a.tier,
-                tier_name: a.tier_name.to_string(),
+                tier_name: Arc::from(a.tier_name),
                 endpoint: a.endpoint,
                 attempts: AtomicU64::new(0),
                 degraded: AtomicU64::new(0),
@@ -179,7 +172,7 @@ impl TenantCell {
         out.unwrap_or_else(|| {
             Arc::new(RouteCell {
                 tier: a.tier,
-                tier_name: String::new(),
+                tier_name: Arc::from(""),
                 endpoint: a.endpoint,
                 attempts: AtomicU64::new(0),
                 degraded: AtomicU64::new(0),
@@ -597,10 +590,9 @@ fn tenant_stats(
     let mut routes = Vec::with_capacity(routes_cells.len());
     let (mut input, mut output, mut cost, mut primary) = (0u64, 0u64, 0.0f64, 0.0f64);
     for r in routes_cells.iter() {
-        let mut b = [0u64; BUCKETS];
-        r.latency.add_to(&mut b);
-        for (s, o) in outcome_sum.iter_mut().zip(&r.outcomes) {
-            *s += o.load(R);
+        let oc = counts(&r.outcomes);
+        for (s, o) in outcome_sum.iter_mut().zip(oc) {
+            *s += o;
         }
         let attempts = r.attempts.load(R);
         if let Some(n) = per_endpoint.get_mut(r.endpoint.0 as usize) {
@@ -615,14 +607,14 @@ fn tenant_stats(
         primary += rp;
         routes.push(RouteStats {
             tier: r.tier,
-            tier_name: r.tier_name.clone(),
+            tier_name: Arc::clone(&r.tier_name),
             endpoint: catalog
                 .try_endpoint(r.endpoint)
                 .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
             attempts,
             degraded: r.degraded.load(R),
-            outcomes: outcomes(&r.outcomes),
-            latency: Percentiles::of(&b),
+            outcomes: Outcomes::from_counts(oc),
+            latency: r.latency.percentiles(),
             input_tokens: ri,
             output_tokens: ro,
             cost_usd: rc,
@@ -630,8 +622,6 @@ fn tenant_stats(
             saving_usd: rp - rc,
         });
     }
-    let mut b = [0u64; BUCKETS];
-    t.latency.add_to(&mut b);
     let since = t.degraded_since.load(R);
     let live = if since > 0 {
         now.as_millis().saturating_sub(since - 1)
@@ -654,13 +644,8 @@ fn tenant_stats(
         approvals_denied: t.denied.load(R),
         rejected: t.rejected.load(R),
         deadline_misses: t.deadline_misses.load(R),
-        outcomes: OutcomeClass::ALL
-            .iter()
-            .zip(outcome_sum)
-            .filter(|(_, n)| *n > 0)
-            .map(|(c, n)| (c.as_str().to_string(), n))
-            .collect(),
-        latency: Percentiles::of(&b),
+        outcomes: Outcomes::from_counts(outcome_sum),
+        latency: t.latency.percentiles(),
         time_degraded_ms: t.degraded_ms.load(R) + live,
         input_tokens: input,
         output_tokens: output,

@@ -25,13 +25,14 @@ pub mod report;
 pub(crate) use collector::Collector;
 pub use histogram::Percentiles;
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::engine::EngineMode;
 use crate::id::{EndpointId, SessionId, TenantId};
+use crate::trigger::OutcomeClass;
 
 /// A snapshot of the engine's statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,9 +80,109 @@ impl StatsSnapshot {
     }
 }
 
-/// Attempts counted by outcome class (`ok`, `rate_limited`, `timeout`, ...); classes never seen
-/// are left out.
-pub type Outcomes = BTreeMap<String, u64>;
+/// Attempts counted by outcome class; classes never seen are left out of the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcomes {
+    /// Answered.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ok: u64,
+    /// HTTP 429 and the like.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limited: u64,
+    /// The provider is overloaded (529, 503 overloaded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overloaded: u64,
+    /// A quota or credit is spent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_exhausted: u64,
+    /// 5xx.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub server_error: u64,
+    /// Timed out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: u64,
+    /// The request did not fit the context window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_length_exceeded: u64,
+    /// Refused by a content filter.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub content_filtered: u64,
+    /// Authentication or permission error.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub auth: u64,
+    /// Any other bad request.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_request: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Outcomes {
+    /// Counts in [`OutcomeClass::ALL`] order.
+    pub(crate) fn from_counts(c: [u64; 10]) -> Self {
+        let [
+            ok,
+            rate_limited,
+            overloaded,
+            quota_exhausted,
+            server_error,
+            timeout,
+            context_length_exceeded,
+            content_filtered,
+            auth,
+            bad_request,
+        ] = c;
+        Outcomes {
+            ok,
+            rate_limited,
+            overloaded,
+            quota_exhausted,
+            server_error,
+            timeout,
+            context_length_exceeded,
+            content_filtered,
+            auth,
+            bad_request,
+        }
+    }
+
+    /// The count of a class.
+    #[must_use]
+    pub const fn count(&self, class: OutcomeClass) -> u64 {
+        match class {
+            OutcomeClass::Ok => self.ok,
+            OutcomeClass::RateLimited => self.rate_limited,
+            OutcomeClass::Overloaded => self.overloaded,
+            OutcomeClass::QuotaExhausted => self.quota_exhausted,
+            OutcomeClass::ServerError => self.server_error,
+            OutcomeClass::Timeout => self.timeout,
+            OutcomeClass::ContextLengthExceeded => self.context_length_exceeded,
+            OutcomeClass::ContentFiltered => self.content_filtered,
+            OutcomeClass::Auth => self.auth,
+            OutcomeClass::BadRequest => self.bad_request,
+        }
+    }
+
+    /// The count of a class by its snake_case name, `None` when zero or unknown.
+    #[must_use]
+    pub fn get(&self, class: &str) -> Option<u64> {
+        OutcomeClass::ALL
+            .iter()
+            .find(|c| c.as_str() == class)
+            .map(|c| self.count(*c))
+            .filter(|n| *n > 0)
+    }
+
+    /// All attempts.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        OutcomeClass::ALL.iter().map(|c| self.count(*c)).sum()
+    }
+}
 
 /// What one tenant experienced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +243,7 @@ pub struct RouteStats {
     /// The tier index.
     pub tier: u32,
     /// The tier's name.
-    pub tier_name: String,
+    pub tier_name: Arc<str>,
     /// The endpoint.
     pub endpoint: EndpointId,
     /// Attempts made.

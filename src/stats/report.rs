@@ -563,7 +563,7 @@ fn fill_from_stats(t: &mut TenantReport, ts: &super::TenantStats) {
         .iter()
         .map(|r| TierUsage {
             tier: r.tier,
-            tier_name: r.tier_name.clone(),
+            tier_name: r.tier_name.to_string(),
             endpoint: r.endpoint.clone(),
             attempts: r.attempts,
             cost_usd: r.cost_usd,
