@@ -46,7 +46,7 @@ pub struct StatsSnapshot {
     /// Calls refused because their tenant has no policy (not attributed to any tenant, so an
     /// unknown tenant id never costs memory).
     pub unknown_tenant_calls: u64,
-    /// Per tenant, sorted by tenant id.
+    /// Per tenant, in no particular order (see [`StatsSnapshot::sort_by_tenant`]).
     pub tenants: Vec<TenantStats>,
     /// Per catalog endpoint, in catalog order.
     pub endpoints: Vec<EndpointStats>,
@@ -56,13 +56,16 @@ pub struct StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// The statistics of one tenant.
+    /// The statistics of one tenant (a linear search: build a map for many look-ups).
     #[must_use]
     pub fn tenant(&self, tenant: &str) -> Option<&TenantStats> {
-        self.tenants
-            .binary_search_by(|t| t.tenant.as_str().cmp(tenant))
-            .ok()
-            .and_then(|i| self.tenants.get(i))
+        self.tenants.iter().find(|t| t.tenant.as_str() == tenant)
+    }
+
+    /// Sorts the tenants by id (the snapshot itself leaves them in storage order, which is
+    /// cheaper to take).
+    pub fn sort_by_tenant(&mut self) {
+        self.tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     }
 
     /// The statistics of one endpoint.

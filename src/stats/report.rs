@@ -295,6 +295,9 @@ impl DegradationReport {
                     .collect()
             })
             .unwrap_or_default();
+        let by_tenant: HashMap<&str, &super::TenantStats> = stats
+            .map(|s| s.tenants.iter().map(|t| (t.tenant.as_str(), t)).collect())
+            .unwrap_or_default();
         for t in tenants.values_mut() {
             t.episodes.sort_by_key(|e| (e.started_at, e.start_seq));
             for e in &mut t.episodes {
@@ -318,7 +321,7 @@ impl DegradationReport {
                 e.duration_ms = ms(stop.duration_since(e.started_at));
             }
             t.time_degraded_ms = union_ms(&t.episodes, horizon);
-            if let Some(ts) = stats.and_then(|s| s.tenant(t.tenant.as_str())) {
+            if let Some(ts) = by_tenant.get(t.tenant.as_str()) {
                 fill_from_stats(t, ts);
             }
         }
