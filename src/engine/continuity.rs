@@ -135,8 +135,10 @@ where
             .reserve_output_tokens
             .max(call.requirements.output_tokens);
         let caps = &ep.capabilities;
-        let budget =
-            u64::from(caps.context_window.saturating_sub(reserve.min(caps.max_output_tokens)));
+        let budget = u64::from(
+            caps.context_window
+                .saturating_sub(reserve.min(caps.max_output_tokens)),
+        );
         let before = estimate(&state, counter);
         if before <= budget {
             if stripped > 0 {
@@ -197,13 +199,17 @@ where
                                 "the context with its new summary cannot be fitted to {}: {reason}",
                                 ep.id
                             );
-                            return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
+                            return Err(self
+                                .end_unsent(call, r, pre, why, cont.on_unfittable)
+                                .await);
                         }
                     }
                 }
                 Err(e) if cont.require_summary => {
-                    let why =
-                        format!("a summary is required to fit the context to {} but: {e}", ep.id);
+                    let why = format!(
+                        "a summary is required to fit the context to {} but: {e}",
+                        ep.id
+                    );
                     return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
                 }
                 // Without a summary the dropped messages are gone from what is sent (the
@@ -318,7 +324,9 @@ where
         let tier = view
             .usable_tiers()
             .find(|t| t.name == name)
-            .ok_or_else(|| format!("the summarizer tier `{name}` is not usable for this tenant and task"))?;
+            .ok_or_else(|| {
+                format!("the summarizer tier `{name}` is not usable for this tenant and task")
+            })?;
         let now = inner.clock.now();
         let left = r.deadline.map(|d| d.duration_since(now));
         let (idx, ep) = tier
@@ -404,8 +412,8 @@ where
             });
         }
         let mut summary = rolling.ok_or("there was nothing to summarize")?;
-        summary.covers_messages = prev.map_or(0, |p| p.covers_messages)
-            + u64::from(report.dropped.count);
+        summary.covers_messages =
+            prev.map_or(0, |p| p.covers_messages) + u64::from(report.dropped.count);
         summary.covers_through = report
             .dropped
             .messages
@@ -639,7 +647,11 @@ mod tests {
         assert!(chunks.len() >= 2);
         assert!(chunks[0].contains("[call c1 search({\"q\":\"x\"})]"));
         for c in &chunks {
-            assert!(u64::from(HeuristicCounter.count_text(c)) <= 500, "{}", c.len());
+            assert!(
+                u64::from(HeuristicCounter.count_text(c)) <= 500,
+                "{}",
+                c.len()
+            );
         }
     }
 }

@@ -250,18 +250,32 @@ where
                     steps.push(pending(
                         step,
                         degraded,
-                        format!("the router does not route this task now ({})", other_name(&other)),
+                        format!(
+                            "the router does not route this task now ({})",
+                            other_name(&other)
+                        ),
                     ));
                     continue;
                 }
             };
             if let Some(p) = route.probe {
-                // A replay never spends a recovering endpoint's probe permit.
+                // A replay never spends a recovering endpoint's probe permit: the original tier
+                // is not healthy until its probes say so.
                 let _ = inner.evaluator.release_probe(p, now);
+                steps.push(pending(
+                    step,
+                    degraded,
+                    format!("tier {} is still recovering (half-open)", route.tier),
+                ));
+                continue;
             }
             let catalog = set.catalog();
             let Some(ep) = catalog.try_endpoint(route.endpoint) else {
-                steps.push(pending(step, degraded, "endpoint missing from the catalog".into()));
+                steps.push(pending(
+                    step,
+                    degraded,
+                    "endpoint missing from the catalog".into(),
+                ));
                 continue;
             };
             let on = super::tier_at(&view, catalog, route.tier, Some(route.endpoint));
