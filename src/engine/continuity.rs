@@ -339,12 +339,12 @@ where
                     .check(*e, &view.tenant_triggers, now)
                     .is_ok_and(|v| v.is_usable())
                     && left.is_none_or(|l| {
-                        !inner
+                        inner
                             .evaluator
                             .recent_p95(*e, now)
                             .ok()
                             .flatten()
-                            .is_some_and(|p95| p95 >= l)
+                            .is_none_or(|p95| p95 < l)
                     })
             })
             .ok_or_else(|| format!("no endpoint of the summarizer tier `{name}` is usable now"))?;

@@ -44,6 +44,7 @@ pub struct DegradedStep {
     pub original_tier: u32,
 }
 
+#[derive(Clone)]
 struct Entry<P> {
     step: DegradedStep,
     payload: P,
@@ -191,23 +192,12 @@ where
     /// were written).
     pub async fn replay_degraded(&self, session: &SessionId) -> Result<ReplayReport<O>, Error> {
         let inner = &*self.inner;
-        let entries: Vec<(DegradedStep, P, Option<Arc<AgentState>>, Option<String>)> = inner
+        let entries: Vec<Entry<P>> = inner
             .replay
             .sessions
             .lock()
             .get(session)
-            .map(|l| {
-                l.iter()
-                    .map(|e| {
-                        (
-                            e.step.clone(),
-                            e.payload.clone(),
-                            e.context.clone(),
-                            e.output.clone(),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|l| l.to_vec())
             .ok_or_else(|| EngineError::UnknownSession {
                 session: session.clone(),
             })?;
@@ -215,7 +205,13 @@ where
         let mut rule = Replay::Flag;
         let mut steps = Vec::with_capacity(entries.len());
         let mut done = Vec::new();
-        for (step, payload, context, degraded) in entries {
+        for Entry {
+            step,
+            payload,
+            context,
+            output: degraded,
+        } in entries
+        {
             let Ok(tp) = set.tenant(step.tenant.as_str()) else {
                 steps.push(flagged(step, degraded));
                 continue;
