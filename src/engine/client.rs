@@ -35,8 +35,10 @@ pub struct ModelRequest<P> {
     pub attempt: u32,
     /// This call is a half-open probe of a recovering endpoint.
     pub probe: bool,
-    /// The payload does not fit this endpoint's context window as is and the policy allows
-    /// fitting it: the client (or a later continuity layer) must fit it to `context_window`.
+    /// The payload does not fit this endpoint's context window as is and no
+    /// [`context`](ModelRequest::context) was fitted for it. The engine does not send such a
+    /// request (it ends the call per `continuity.on_unfittable`), so a client sees `false`;
+    /// kept so a client may still assert it.
     pub fit_context: bool,
     /// The endpoint's context window, in tokens.
     pub context_window: u32,

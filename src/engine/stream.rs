@@ -442,7 +442,7 @@ where
                 payload: call.payload.clone(),
                 attempt: u32::try_from(self.attempts.len()).unwrap_or(u32::MAX),
                 probe: route.probe.is_some(),
-                fit_context: route.fit_context,
+                fit_context: route.fit_context && context.is_none(),
                 context_window: ep.capabilities.context_window,
                 continue_from: continuing.then(|| self.text.clone()),
                 context: context.clone(),
