@@ -39,7 +39,9 @@
 
 mod budget;
 mod client;
+mod continuity;
 mod mode;
+mod replay;
 mod result;
 mod shared;
 mod stream;
@@ -58,9 +60,10 @@ use serde::Serialize;
 pub use client::TokioSleeper;
 pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
-    NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
+    NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
 pub use mode::EngineMode;
+pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
@@ -73,7 +76,8 @@ pub use stream::{
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Endpoint, Requirements};
 use crate::checkpoint::{
-    Checkpoint, CheckpointStore, ListFilter, MemoryCheckpointStore, ResumeToken, Suspended, TierAt,
+    AgentState, Checkpoint, CheckpointStore, HeuristicCounter, ListFilter, MemoryCheckpointStore,
+    ResumeToken, Suspended, TierAt, TokenCounter,
 };
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{CheckpointError, EngineError, Error};
@@ -106,9 +110,13 @@ pub struct Call<P> {
     pub deadline: Option<Timestamp>,
     /// Whether this call starts a new step of the session (promotion happens only then).
     pub new_step: bool,
-    /// The agent's state, saved in the session's checkpoint before a tier change or a
-    /// suspension (a later release gives it a schema).
+    /// The agent's state as free-form JSON, saved in the session's checkpoint before a tier
+    /// change or a suspension. Prefer [`Call::agent_state`]: the engine can fit it.
     pub state: Option<serde_json::Value>,
+    /// The agent's model-agnostic state: the engine derives the call's token and tool
+    /// requirements from it, checkpoints it, fits it to a smaller window when the session
+    /// moves, and hands the client the state to send in [`ModelRequest::context`].
+    pub agent_state: Option<Arc<AgentState>>,
     /// The request.
     pub payload: P,
 }
@@ -125,6 +133,7 @@ impl<P> Call<P> {
             deadline: None,
             new_step: true,
             state: None,
+            agent_state: None,
             payload,
         }
     }
@@ -164,6 +173,22 @@ impl<P> Call<P> {
         self.state = Some(state);
         self
     }
+
+    /// With the agent's model-agnostic state (see `docs/continuity.md`).
+    pub fn agent_state(mut self, state: impl Into<Arc<AgentState>>) -> Self {
+        self.agent_state = Some(state.into());
+        self
+    }
+
+    /// The state a checkpoint of this call holds: the free-form state if given, else the
+    /// agent state's JSON.
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        self.state.clone().or_else(|| {
+            self.agent_state
+                .as_ref()
+                .and_then(|s| serde_json::to_value(&**s).ok())
+        })
+    }
 }
 
 /// A resumed session.
@@ -196,6 +221,8 @@ struct SessionState {
     tier: Option<(u32, Timestamp)>,
     suspended: Option<(ResumeToken, Option<Timestamp>, String)>,
     version: Option<u64>,
+    /// Steps completed on this replica (for the checkpoint cadence).
+    steps: u64,
 }
 
 const SHARDS: usize = 32;
@@ -247,6 +274,8 @@ struct Inner<P, O> {
     retry_budget: budget::RetryBudget,
     seed: u64,
     visibility: visibility::Visibility,
+    counter: Arc<dyn TokenCounter>,
+    replay: replay::ReplayLog<P>,
 }
 
 /// What the engine keeps per workflow.
@@ -297,6 +326,7 @@ pub struct EngineBuilder<P, O> {
     stats: bool,
     mode: EngineMode,
     labels: crate::telemetry::TenantLabels,
+    counter: Option<Arc<dyn TokenCounter>>,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -397,6 +427,12 @@ where
         self
     }
 
+    /// The token counter used to size and fit agent states (default: [`HeuristicCounter`]).
+    pub fn token_counter(mut self, counter: Arc<dyn TokenCounter>) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -445,6 +481,8 @@ where
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
                 visibility,
+                counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
+                replay: replay::ReplayLog::default(),
             }),
         })
     }
@@ -507,6 +545,7 @@ where
             stats: true,
             mode: EngineMode::PerTenant,
             labels: crate::telemetry::TenantLabels::new(),
+            counter: None,
         }
     }
 
@@ -558,6 +597,7 @@ where
                     (s.resume_token, s.retry_at, reason)
                 }),
                 version: Some(cp.version),
+                steps: 0,
             },
             None => SessionState::default(),
         };
@@ -842,7 +882,8 @@ where
     /// [`CallResult`]. In [`EngineMode::ObserveOnly`] and [`EngineMode::PlatformBreaker`] the
     /// call is routed as that mode says; every call is counted in [`Engine::stats`] and traced
     /// (feature `tracing`).
-    pub async fn call(&self, call: Call<P>) -> CallResult<O> {
+    pub async fn call(&self, mut call: Call<P>) -> CallResult<O> {
+        self.prepare_call(&mut call);
         self.call_visible(call).await
     }
 
@@ -861,14 +902,34 @@ where
                 Err(end) => return end,
             };
             let catalog = r.set.catalog();
+            // The context to send: fitted to the endpoint, or the call ends here.
+            let context = match self.context_for(call, &r, &pre, &mut audit_seqs).await {
+                Ok(c) => c,
+                Err(end) => return end,
+            };
+            let fitted = context.as_ref().is_some_and(|c| c.fitted);
+            let context = context.map(|c| c.state);
             match self
                 .attempt(
-                    call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
+                    call,
+                    &r.view,
+                    catalog,
+                    &r.route,
+                    r.deadline,
+                    &attempts,
+                    r.now,
+                    context.clone(),
                 )
                 .await
             {
                 Ok(response) => {
-                    return self
+                    // The degraded output's text, kept for a later replay's diff.
+                    let text = (r.route.degraded
+                        && call.session.is_some()
+                        && r.view.recovery.replay != Replay::None)
+                        .then(|| self.inner.client.output_text(&response.output))
+                        .flatten();
+                    let mut result = self
                         .complete(
                             call,
                             &r.view,
@@ -880,6 +941,9 @@ where
                             &mut audit_seqs,
                         )
                         .await;
+                    self.after_step(call, &r, &mut result, context, text, fitted)
+                        .await;
+                    return result;
                 }
                 Err(e) if !e.class().is_capacity() => {
                     return CallResult::Rejected(refused(catalog, r.route.endpoint, &e));
@@ -1023,6 +1087,7 @@ where
         deadline: Option<Timestamp>,
         attempts: &[Attempt],
         now: Timestamp,
+        context: Option<Arc<AgentState>>,
     ) -> Result<ModelResponse<O>, ModelError> {
         let inner = &*self.inner;
         if let Some(wait) = self.backoff(view, route, deadline, attempts, now) {
@@ -1044,9 +1109,11 @@ where
             payload: call.payload.clone(),
             attempt: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
             probe: route.probe.is_some(),
-            fit_context: route.fit_context,
+            fit_context: route.fit_context && context.is_none(),
             context_window: ep.capabilities.context_window,
             continue_from: None,
+            context,
+            purpose: Purpose::Step,
         };
         let fut = inner.client.call(request);
         let result = match deadline {
@@ -1121,14 +1188,14 @@ where
                 route.reason.kind.as_str(),
             );
             // Checkpoint before the session's tier changes, when the caller gave its state.
-            if let (Some(sid), Some(state)) = (&call.session, &call.state) {
+            if let (Some(sid), Some(state)) = (&call.session, call.checkpoint_state()) {
                 let cp = self.checkpoint(
                     call,
                     view,
                     catalog,
                     route.tier,
                     Some(route.endpoint),
-                    state.clone(),
+                    state,
                     now,
                 );
                 if let Err(e) = self.save(sid, cp, session.and_then(|s| s.version)).await {
@@ -1317,7 +1384,7 @@ where
                 catalog,
                 from,
                 None,
-                call.state.clone().unwrap_or(serde_json::Value::Null),
+                call.checkpoint_state().unwrap_or(serde_json::Value::Null),
                 now,
             )
             .suspend(Suspended {
@@ -1923,6 +1990,8 @@ where
             fit_context: false,
             context_window: ep.capabilities.context_window,
             continue_from: None,
+            context: None,
+            purpose: Purpose::Probe,
         };
         let started = inner.clock.now();
         let result = inner.client.call(request).await;

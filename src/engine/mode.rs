@@ -187,7 +187,7 @@ where
             .would_be(&call.tenant, &would, catalog, now);
         super::visibility::record_would_be(&would, catalog);
         match self
-            .attempt(call, &view, catalog, &route, deadline, &[], now)
+            .attempt(call, &view, catalog, &route, deadline, &[], now, None)
             .await
         {
             Ok(response) => {
@@ -239,7 +239,7 @@ where
         let mut trigger = None;
         if usable {
             match self
-                .attempt(call, &view, catalog, &primary, deadline, &[], now)
+                .attempt(call, &view, catalog, &primary, deadline, &[], now, None)
                 .await
             {
                 Ok(response) => {
@@ -301,7 +301,7 @@ where
         };
         let now = inner.clock.now();
         match self
-            .attempt(call, &view, catalog, &route, deadline, &attempts, now)
+            .attempt(call, &view, catalog, &route, deadline, &attempts, now, None)
             .await
         {
             Ok(response) => {

@@ -448,6 +448,7 @@ pub(crate) fn reject_name(kind: super::RejectKind) -> &'static str {
         K::ApprovalExpired => "approval_expired",
         K::NoSession => "no_session",
         K::Durability => "durability",
+        K::Context => "context",
     }
 }
 
