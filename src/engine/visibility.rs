@@ -438,6 +438,7 @@ mod tracing_span {
 }
 
 /// A rejection kind's name, for `error.type` and metrics.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) fn reject_name(kind: super::RejectKind) -> &'static str {
     use super::RejectKind as K;
     match kind {
