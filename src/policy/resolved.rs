@@ -290,18 +290,42 @@ impl ResolvedPolicy {
         self.tiers.get(index as usize)
     }
 
-    pub(crate) fn compute_digest(&mut self) {
-        let mut v = serde_json::to_value(&*self).unwrap_or(serde_json::Value::Null);
+    /// Digest of what the view permits and how it behaves: its canonical JSON without its
+    /// identity (tenant, task, layers, digest). Tenants of one template with the same
+    /// constraints have the same content digest, so a policy set computes it once per distinct
+    /// content.
+    pub(crate) fn content_digest(&self) -> ContentDigest {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(obj) = v.as_object_mut() {
-            obj.remove("digest");
-            if let Some(serde_json::Value::Array(layers)) = obj.get_mut("layers") {
-                for l in layers {
-                    if let Some(lo) = l.as_object_mut() {
-                        lo.remove("source");
-                    }
-                }
+            for k in ["digest", "tenant", "task", "layers"] {
+                obj.remove(k);
             }
         }
+        ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes())
+    }
+
+    /// Sets `digest`: SHA-256 over the canonical JSON of the tenant, the task, the layers (id,
+    /// version, level and content digest; not the file name) and the `content` digest (from
+    /// [`ResolvedPolicy::content_digest`]).
+    pub(crate) fn compute_digest(&mut self, content: &ContentDigest) {
+        let layers: Vec<serde_json::Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "id": l.id,
+                    "version": l.version,
+                    "level": l.level,
+                    "digest": l.digest,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "tenant": self.tenant,
+            "task": self.task,
+            "layers": layers,
+            "content": content,
+        });
         self.digest = ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes());
     }
 }

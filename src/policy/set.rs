@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
@@ -13,6 +14,7 @@ use super::merge::merge;
 use super::model::{Herd, Level, PolicyLayer, Recovery, Triggers};
 use super::resolve::{Attrib, LayerDoc, check_narrowing, compute_view, did_you_mean};
 use super::resolved::{LayerRef, ResolvedPolicy, ResolvedTier};
+use super::routing::{Interner, TenantHandle, TenantRouting};
 use super::source::{Parsed, Source, parse, problem};
 use crate::catalog::{Catalog, Endpoint};
 use crate::digest::ContentDigest;
@@ -24,11 +26,18 @@ use crate::trigger::EvaluatorSettings;
 /// attacker-chosen), so a fast hash (foldhash) instead of SipHash.
 type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
+/// Source of [`PolicySet`] epochs.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
 /// One tenant's resolved views: a default view and one per task kind that has its own rules.
 #[derive(Debug, Clone)]
 pub struct TenantPolicy {
     default: Arc<ResolvedPolicy>,
     tasks: FastMap<TaskKind, Arc<ResolvedPolicy>>,
+    /// The routing part of its views, shared with every tenant of the same content.
+    routing: Arc<TenantRouting>,
+    /// Its index in the set's dense slot array (see [`TenantHandle`]).
+    slot: u32,
 }
 
 impl TenantPolicy {
@@ -42,6 +51,18 @@ impl TenantPolicy {
     #[must_use]
     pub fn default_view(&self) -> &Arc<ResolvedPolicy> {
         &self.default
+    }
+
+    /// The routing part of its views (interned).
+    pub(crate) fn routing(&self) -> &TenantRouting {
+        &self.routing
+    }
+
+    /// Whether this tenant's views route exactly like `other`'s: true for tenants created from
+    /// one template with the same constraints, which share one interned routing view.
+    #[must_use]
+    pub fn shares_routing_with(&self, other: &TenantPolicy) -> bool {
+        Arc::ptr_eq(&self.routing, &other.routing)
     }
 
     /// The task kinds with their own view, sorted.
@@ -85,6 +106,11 @@ impl TenantPolicy {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PolicySet {
+    /// Unique per built set: a [`TenantHandle`] from another set is not used.
+    epoch: u64,
+    /// Every tenant's routing, by slot (a dense array: a handle is an index into it).
+    slots: Vec<Arc<TenantRouting>>,
+    distinct_routing_views: usize,
     catalog: Arc<Catalog>,
     catalog_digest: ContentDigest,
     tenants: FastMap<TenantId, TenantPolicy>,
@@ -336,6 +362,10 @@ impl PolicySet {
         // Assemble tenants.
         let mut tenants = FastMap::new();
         let mut tenant_ids = Vec::new();
+        let mut slots = Vec::new();
+        let mut interner = Interner::default();
+        let anonymous = TenantId::new("");
+        let mut contents: HashMap<String, (ResolvedPolicy, ContentDigest)> = HashMap::new();
         for &i in &order {
             if docs[i].layer.level != Level::Tenant {
                 continue;
@@ -354,12 +384,27 @@ impl PolicySet {
                 })
                 .collect();
             let tenant = TenantId::new(docs[i].layer.id.as_str());
+            let Some(routing) = interner.tenant(vs.iter().map(|(t, v)| (t.as_ref(), v))) else {
+                continue;
+            };
             let mut default = None;
             let mut by_task = FastMap::new();
             for (task, mut v) in vs {
+                // The content digest once per distinct content; the view's digest binds it to
+                // the tenant, the task and the layers.
+                v.tenant = anonymous.clone();
+                let key = format!("{v:?}");
+                let content = match contents.get(&key) {
+                    Some((same, d)) if *same == v => d.clone(),
+                    _ => {
+                        let d = v.content_digest();
+                        contents.insert(key, (v.clone(), d.clone()));
+                        d
+                    }
+                };
                 v.tenant = tenant.clone();
                 v.layers.clone_from(&layers);
-                v.compute_digest();
+                v.compute_digest(&content);
                 match task {
                     None => default = Some(Arc::new(v)),
                     Some(t) => {
@@ -368,16 +413,21 @@ impl PolicySet {
                 }
             }
             if let Some(default) = default {
+                let slot = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+                slots.push(Arc::clone(&routing));
                 tenant_ids.push(tenant.clone());
                 tenants.insert(
                     tenant,
                     TenantPolicy {
                         default,
                         tasks: by_task,
+                        routing,
+                        slot,
                     },
                 );
             }
         }
+        drop(contents);
         tenant_ids.sort();
 
         // Dedupe (a template's problem is found once per layer extending it) and order by file.
@@ -430,6 +480,9 @@ impl PolicySet {
             .map(|l| (l.triggers.clone(), l.recovery.clone(), l.herd.clone()))
             .unwrap_or_default();
         let set = PolicySet {
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            slots,
+            distinct_routing_views: interner.distinct_views(),
             platform_triggers,
             platform_recovery,
             platform_herd,
@@ -480,6 +533,45 @@ impl PolicySet {
     /// [`PolicyError::UnknownTenant`] when no tenant layer has this id.
     pub fn view(&self, tenant: &str, task: &str) -> Result<&Arc<ResolvedPolicy>, PolicyError> {
         Ok(self.tenant(tenant)?.view(task))
+    }
+
+    /// A handle to the tenant's slot, for a caller that routes many calls of it (an engine keeps
+    /// one per session): see [`TenantHandle`]. Allocates nothing.
+    ///
+    /// # Errors
+    /// [`PolicyError::UnknownTenant`] when no tenant layer has this id.
+    pub fn tenant_handle(&self, tenant: &TenantId) -> Result<TenantHandle, PolicyError> {
+        Ok(self.handle_of(tenant, self.tenant(tenant.as_str())?))
+    }
+
+    /// The handle of a tenant already looked up in this set (`tenant` is its id).
+    #[must_use]
+    pub fn handle_of(&self, tenant: &TenantId, policy: &TenantPolicy) -> TenantHandle {
+        TenantHandle {
+            tenant: tenant.clone(),
+            set: self.epoch,
+            slot: policy.slot,
+        }
+    }
+
+    /// The routing of the tenant a handle points at, if the handle belongs to this set and to
+    /// `tenant`.
+    pub(crate) fn routing_by_handle(
+        &self,
+        handle: &TenantHandle,
+        tenant: &TenantId,
+    ) -> Option<&TenantRouting> {
+        if handle.set != self.epoch || !handle.is_for(tenant) {
+            return None;
+        }
+        self.slots.get(handle.slot as usize).map(|r| &**r)
+    }
+
+    /// How many distinct routing views the set's tenants share (tenants of one template with
+    /// the same constraints share one).
+    #[must_use]
+    pub fn distinct_routing_views(&self) -> usize {
+        self.distinct_routing_views
     }
 
     /// Tenant ids, sorted.
