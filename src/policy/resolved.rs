@@ -304,28 +304,27 @@ impl ResolvedPolicy {
         ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes())
     }
 
-    /// Sets `digest`: SHA-256 over the canonical JSON of the tenant, the task, the layers (id,
-    /// version, level and content digest; not the file name) and the `content` digest (from
-    /// [`ResolvedPolicy::content_digest`]).
+    /// Sets `digest`: SHA-256 over the tenant, the task, the layers (id, version, level and
+    /// content digest; not the file name) and the `content` digest (from
+    /// [`ResolvedPolicy::content_digest`]), each part length-prefixed.
     pub(crate) fn compute_digest(&mut self, content: &ContentDigest) {
-        let layers: Vec<serde_json::Value> = self
-            .layers
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "id": l.id,
-                    "version": l.version,
-                    "level": l.level,
-                    "digest": l.digest,
-                })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "tenant": self.tenant,
-            "task": self.task,
-            "layers": layers,
-            "content": content,
-        });
-        self.digest = ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes());
+        let levels: Vec<String> = self.layers.iter().map(|l| l.level.to_string()).collect();
+        let mut parts: Vec<&[u8]> = vec![
+            b"downshift/view/2",
+            self.tenant.as_str().as_bytes(),
+            self.task
+                .as_ref()
+                .map_or(b"\xff" as &[u8], |t| t.as_str().as_bytes()),
+            content.as_str().as_bytes(),
+        ];
+        for (l, level) in self.layers.iter().zip(&levels) {
+            parts.extend([
+                l.id.as_str().as_bytes(),
+                l.version.as_bytes(),
+                level.as_bytes(),
+                l.digest.as_str().as_bytes(),
+            ]);
+        }
+        self.digest = ContentDigest::of_parts(parts);
     }
 }

@@ -130,24 +130,47 @@ impl TenantRouting {
 /// Interns routing views and tenant routings while a policy set is assembled.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    views: HashMap<String, Arc<RoutingView>>,
+    /// By a hash of the view's main fields; equal content is confirmed with `==`.
+    views: HashMap<u64, Vec<Arc<RoutingView>>>,
+    distinct: usize,
     tenants: HashMap<Vec<(Option<TaskKind>, usize)>, Arc<TenantRouting>>,
+}
+
+/// A hash of the fields that usually tell routing views apart (the rest is compared by `==`).
+fn rough_hash(v: &RoutingView) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    use std::mem::discriminant;
+    let mut h = DefaultHasher::new();
+    for t in &*v.tiers {
+        (t.index, t.permitted, &*t.endpoint_idx).hash(&mut h);
+        discriminant(&t.selection).hash(&mut h);
+    }
+    (
+        v.top,
+        v.max_attempts,
+        v.attempts_per_endpoint,
+        v.default_deadline,
+    )
+        .hash(&mut h);
+    (v.can_suspend, v.probe_eligible, v.fit_to_smaller_window).hash(&mut h);
+    (v.budget.is_some(), v.tenant_triggers.p95_ceiling).hash(&mut h);
+    discriminant(&v.approval).hash(&mut h);
+    discriminant(&v.notification).hash(&mut h);
+    discriminant(&v.when_exhausted).hash(&mut h);
+    h.finish()
 }
 
 impl Interner {
     fn view(&mut self, v: &ResolvedPolicy) -> Arc<RoutingView> {
         let rv = RoutingView::of(v);
-        // The exact textual form is the key: floats and durations print exactly, so equal keys
-        // mean equal content (checked again below, to be certain).
-        let key = format!("{rv:?}");
-        match self.views.get(&key) {
-            Some(found) if **found == rv => Arc::clone(found),
-            _ => {
-                let rv = Arc::new(rv);
-                self.views.insert(key, Arc::clone(&rv));
-                rv
-            }
+        let bucket = self.views.entry(rough_hash(&rv)).or_default();
+        if let Some(found) = bucket.iter().find(|f| ***f == rv) {
+            return Arc::clone(found);
         }
+        let rv = Arc::new(rv);
+        bucket.push(Arc::clone(&rv));
+        self.distinct += 1;
+        rv
     }
 
     /// The shared routing of a tenant with these views (`None` = the default view).
@@ -177,7 +200,7 @@ impl Interner {
 
     /// Distinct routing views interned.
     pub(crate) fn distinct_views(&self) -> usize {
-        self.views.len()
+        self.distinct
     }
 }
 

@@ -157,6 +157,9 @@ impl PolicySet {
         let mut endpoint_origin: HashMap<String, String> = HashMap::new();
         let mut catalog_versions = Vec::new();
         let mut docs: Vec<LayerDoc> = Vec::new();
+        // Per doc, its content without its identity (see `own_content_key`).
+        let mut own_keys: Vec<String> = Vec::new();
+        let mut layer_bodies: HashMap<String, ContentDigest> = HashMap::new();
 
         for src in sources {
             match parse(&src) {
@@ -183,15 +186,30 @@ impl PolicySet {
                 }
                 Ok(Parsed::Policy(layer, raw)) => {
                     problems.extend(check_layer(&src.name, &layer, &raw));
-                    // Comments and editor hints are not content.
-                    let mut content = (*layer).clone();
-                    content.description = None;
-                    content.schema = None;
-                    for t in &mut content.tiers {
-                        t.description = None;
-                    }
-                    let digest = ContentDigest::of_json(&content)
-                        .unwrap_or_else(|_| ContentDigest::of_bytes(src.text.as_bytes()));
+                    // The layer's digest: its id and version, and the digest of the rest of its
+                    // parsed content (defaults filled in; comments and editor hints are not
+                    // content). That rest is digested once per distinct text: tenant layers
+                    // created from one template differ only in their id.
+                    let key = own_content_key(&raw);
+                    let body = layer_bodies.entry(key.clone()).or_insert_with(|| {
+                        let mut content = (*layer).clone();
+                        content.id = LayerId::new("");
+                        content.version = String::new();
+                        content.description = None;
+                        content.schema = None;
+                        for t in &mut content.tiers {
+                            t.description = None;
+                        }
+                        ContentDigest::of_json(&content)
+                            .unwrap_or_else(|_| ContentDigest::of_bytes(src.text.as_bytes()))
+                    });
+                    let digest = ContentDigest::of_parts([
+                        b"downshift/layer/2" as &[u8],
+                        layer.id.as_str().as_bytes(),
+                        layer.version.as_bytes(),
+                        body.as_str().as_bytes(),
+                    ]);
+                    own_keys.push(key);
                     docs.push(LayerDoc {
                         file: src.name.clone(),
                         layer: *layer,
@@ -365,7 +383,10 @@ impl PolicySet {
         let mut slots = Vec::new();
         let mut interner = Interner::default();
         let anonymous = TenantId::new("");
-        let mut contents: HashMap<String, (ResolvedPolicy, ContentDigest)> = HashMap::new();
+        let mut contents: HashMap<
+            (String, Option<TaskKind>),
+            Vec<(ResolvedPolicy, ContentDigest)>,
+        > = HashMap::new();
         for &i in &order {
             if docs[i].layer.level != Level::Tenant {
                 continue;
@@ -389,16 +410,23 @@ impl PolicySet {
             };
             let mut default = None;
             let mut by_task = FastMap::new();
+            // Tenants with the same parents and the same own content (but for their id and
+            // version) usually resolve to the same views: their content digest is computed once
+            // (and reused only for a view found equal).
+            let mut own = String::new();
+            for &p in &chain[..chain.len().saturating_sub(1)] {
+                own.push_str(&p.to_string());
+                own.push('/');
+            }
+            own.push_str(own_keys.get(i).map_or("", String::as_str));
             for (task, mut v) in vs {
-                // The content digest once per distinct content; the view's digest binds it to
-                // the tenant, the task and the layers.
                 v.tenant = anonymous.clone();
-                let key = format!("{v:?}");
-                let content = match contents.get(&key) {
-                    Some((same, d)) if *same == v => d.clone(),
-                    _ => {
+                let known = contents.entry((own.clone(), task.clone())).or_default();
+                let content = match known.iter().find(|(same, _)| *same == v) {
+                    Some((_, d)) => d.clone(),
+                    None => {
                         let d = v.content_digest();
-                        contents.insert(key, (v.clone(), d.clone()));
+                        known.push((v.clone(), d.clone()));
                         d
                     }
                 };
@@ -603,6 +631,21 @@ impl PolicySet {
     #[must_use]
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+}
+
+/// A layer's content without its identity: its canonical JSON text without `id`, `version`
+/// and comments (a key: equal keys parse to layers equal but for id and version).
+fn own_content_key(raw: &Value) -> String {
+    match raw {
+        Value::Object(obj) => {
+            let mut obj = obj.clone();
+            for k in ["id", "version", "description", "$schema"] {
+                obj.remove(k);
+            }
+            crate::digest::canonical_json(&Value::Object(obj))
+        }
+        other => crate::digest::canonical_json(other),
     }
 }
 
