@@ -1,14 +1,15 @@
 //! The routing part of resolved views, interned: what [`TierRouter::route`] reads on every call,
-//! in one shared allocation per distinct content, and [`TenantHandle`], a caller-held index to a
-//! tenant's slot.
+//! in one shared allocation per distinct content, and [`TenantHandle`], a caller-held pointer to
+//! a tenant's routing.
 //!
 //! Tenants created from one template resolve to views that differ only in their identity (tenant
 //! id, layers, digest). The router needs none of that identity: it reads the ladder with its
 //! endpoint indices, the thresholds, the budget rule, the approval rule and a few flags. A
 //! [`PolicySet`](super::PolicySet) keeps one [`RoutingView`] per distinct content and one
 //! [`TenantRouting`] (a tenant's default view and per-task views) per distinct combination, so
-//! with 100,000 tenants over a hundred templates the router's per-tenant reads come down to one
-//! pointer in a dense array: everything behind it is shared and stays in cache.
+//! with 100,000 tenants over a hundred templates the router's per-tenant reads come down to the
+//! tenant's entry (by id) or nothing at all (by [`TenantHandle`]): everything behind it is
+//! shared and stays in cache.
 //!
 //! [`TierRouter::route`]: crate::router::TierRouter::route
 
@@ -205,19 +206,21 @@ impl Interner {
 }
 
 /// A caller-held shortcut to one tenant's routing state in a [`PolicySet`](super::PolicySet):
-/// resolved once by id ([`PolicySet::tenant_handle`](super::PolicySet::tenant_handle)) and kept
-/// (an engine keeps one per session, beside its [`BudgetHandle`](crate::trigger::BudgetHandle)).
-/// Passed in a [`CallContext`](crate::router::CallContext), the router finds the tenant by an
-/// index into a dense array instead of hashing its id.
+/// resolved once by id ([`PolicySet::tenant_handle`](super::PolicySet::tenant_handle), or
+/// [`TenantPolicy::handle`](super::TenantPolicy::handle)) and kept (an engine keeps one per
+/// session, beside its [`BudgetHandle`](crate::trigger::BudgetHandle)). Passed in a
+/// [`CallContext`](crate::router::CallContext), it lets the router reach the tenant's interned
+/// routing views directly instead of hashing the tenant id and reading the tenant's entry.
 ///
 /// A handle is only ever a shortcut: when it belongs to another policy set (a hot reload
 /// happened since) or to another tenant than the call's, the router looks the tenant up by id.
-/// Cloning it is cheap (a reference count, no allocation).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Cloning it is cheap (two reference counts, no allocation).
+#[derive(Debug, Clone)]
 pub struct TenantHandle {
     pub(crate) tenant: TenantId,
+    /// The epoch of the set it was taken from.
     pub(crate) set: u64,
-    pub(crate) slot: u32,
+    pub(crate) routing: Arc<TenantRouting>,
 }
 
 impl TenantHandle {

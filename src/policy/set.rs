@@ -34,10 +34,9 @@ static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 pub struct TenantPolicy {
     default: Arc<ResolvedPolicy>,
     tasks: FastMap<TaskKind, Arc<ResolvedPolicy>>,
-    /// The routing part of its views, shared with every tenant of the same content.
-    routing: Arc<TenantRouting>,
-    /// Its index in the set's dense slot array (see [`TenantHandle`]).
-    slot: u32,
+    /// Its handle: its id, the set, and the routing part of its views (shared with every
+    /// tenant of the same content).
+    handle: TenantHandle,
 }
 
 impl TenantPolicy {
@@ -55,14 +54,20 @@ impl TenantPolicy {
 
     /// The routing part of its views (interned).
     pub(crate) fn routing(&self) -> &TenantRouting {
-        &self.routing
+        &self.handle.routing
+    }
+
+    /// Its [`TenantHandle`] (clone it to keep it).
+    #[must_use]
+    pub fn handle(&self) -> &TenantHandle {
+        &self.handle
     }
 
     /// Whether this tenant's views route exactly like `other`'s: true for tenants created from
     /// one template with the same constraints, which share one interned routing view.
     #[must_use]
     pub fn shares_routing_with(&self, other: &TenantPolicy) -> bool {
-        Arc::ptr_eq(&self.routing, &other.routing)
+        Arc::ptr_eq(&self.handle.routing, &other.handle.routing)
     }
 
     /// The task kinds with their own view, sorted.
@@ -108,8 +113,6 @@ impl TenantPolicy {
 pub struct PolicySet {
     /// Unique per built set: a [`TenantHandle`] from another set is not used.
     epoch: u64,
-    /// Every tenant's routing, by slot (a dense array: a handle is an index into it).
-    slots: Vec<Arc<TenantRouting>>,
     distinct_routing_views: usize,
     catalog: Arc<Catalog>,
     catalog_digest: ContentDigest,
@@ -380,7 +383,7 @@ impl PolicySet {
         // Assemble tenants.
         let mut tenants = FastMap::new();
         let mut tenant_ids = Vec::new();
-        let mut slots = Vec::new();
+        let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
         let mut interner = Interner::default();
         let anonymous = TenantId::new("");
         let mut contents: HashMap<
@@ -441,16 +444,18 @@ impl PolicySet {
                 }
             }
             if let Some(default) = default {
-                let slot = u32::try_from(slots.len()).unwrap_or(u32::MAX);
-                slots.push(Arc::clone(&routing));
                 tenant_ids.push(tenant.clone());
+                let tenant_key = tenant.clone();
                 tenants.insert(
                     tenant,
                     TenantPolicy {
                         default,
                         tasks: by_task,
-                        routing,
-                        slot,
+                        handle: TenantHandle {
+                            tenant: tenant_key.clone(),
+                            set: epoch,
+                            routing,
+                        },
                     },
                 );
             }
@@ -508,8 +513,7 @@ impl PolicySet {
             .map(|l| (l.triggers.clone(), l.recovery.clone(), l.herd.clone()))
             .unwrap_or_default();
         let set = PolicySet {
-            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
-            slots,
+            epoch,
             distinct_routing_views: interner.distinct_views(),
             platform_triggers,
             platform_recovery,
@@ -563,36 +567,23 @@ impl PolicySet {
         Ok(self.tenant(tenant)?.view(task))
     }
 
-    /// A handle to the tenant's slot, for a caller that routes many calls of it (an engine keeps
-    /// one per session): see [`TenantHandle`]. Allocates nothing.
+    /// A handle to the tenant, for a caller that routes many calls of it (an engine keeps one
+    /// per session): see [`TenantHandle`]. Allocates nothing.
     ///
     /// # Errors
     /// [`PolicyError::UnknownTenant`] when no tenant layer has this id.
     pub fn tenant_handle(&self, tenant: &TenantId) -> Result<TenantHandle, PolicyError> {
-        Ok(self.handle_of(tenant, self.tenant(tenant.as_str())?))
+        Ok(self.tenant(tenant.as_str())?.handle.clone())
     }
 
-    /// The handle of a tenant already looked up in this set (`tenant` is its id).
-    #[must_use]
-    pub fn handle_of(&self, tenant: &TenantId, policy: &TenantPolicy) -> TenantHandle {
-        TenantHandle {
-            tenant: tenant.clone(),
-            set: self.epoch,
-            slot: policy.slot,
-        }
-    }
-
-    /// The routing of the tenant a handle points at, if the handle belongs to this set and to
+    /// The routing of the tenant a handle is for, if the handle belongs to this set and to
     /// `tenant`.
-    pub(crate) fn routing_by_handle(
+    pub(crate) fn routing_by_handle<'a>(
         &self,
-        handle: &TenantHandle,
+        handle: &'a TenantHandle,
         tenant: &TenantId,
-    ) -> Option<&TenantRouting> {
-        if handle.set != self.epoch || !handle.is_for(tenant) {
-            return None;
-        }
-        self.slots.get(handle.slot as usize).map(|r| &**r)
+    ) -> Option<&'a TenantRouting> {
+        (handle.set == self.epoch && handle.is_for(tenant)).then_some(&*handle.routing)
     }
 
     /// How many distinct routing views the set's tenants share (tenants of one template with

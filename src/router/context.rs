@@ -62,7 +62,7 @@ pub struct CallContext<'a> {
     pub approved_to: Option<u32>,
     /// Attempts already made in this call, oldest first.
     pub attempts: &'a [Attempt],
-    /// A handle to the tenant's slot in the active policy set (skips the lookup by id).
+    /// A handle to the tenant in the active policy set (skips the lookup by id).
     pub handle: Option<&'a TenantHandle>,
     /// A handle to the budget state of the tenant, session and workflow (skips their lookup by
     /// id when a budget guardrail is checked).
@@ -96,9 +96,10 @@ impl<'a> CallContext<'a> {
         }
     }
 
-    /// With a handle to the tenant's slot (from
-    /// [`PolicySet::tenant_handle`](crate::policy::PolicySet::tenant_handle)): the router finds
-    /// the tenant by index. A handle for another tenant or from before a reload is ignored.
+    /// With a handle to the tenant (from
+    /// [`PolicySet::tenant_handle`](crate::policy::PolicySet::tenant_handle)): the router reads
+    /// the tenant's routing through it instead of looking the tenant up by id. A handle for
+    /// another tenant or from before a reload is ignored.
     pub const fn tenant_handle(mut self, handle: &'a TenantHandle) -> Self {
         self.handle = Some(handle);
         self

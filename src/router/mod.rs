@@ -30,9 +30,12 @@
 //! A session stays on its tier while that tier is usable. At a step boundary, once the session
 //! has dwelt `min_dwell` on its tier and a higher tier has been healthy for `healthy_for`, it
 //! moves up — one tier, or straight to the highest such tier, as the policy says. When its own
-//! tier fails it moves to the best usable tier, searching from the top. Within a tier, `in_order`
-//! takes the first usable endpoint; `least_latency` draws two usable endpoints deterministically
-//! from the session and attempt and takes the one with the lower recent P95.
+//! tier fails it moves to the best usable tier, searching from the top. A probe-eligible session
+//! that has dwelt `min_dwell` may also, at a step boundary, be sent as the half-open probe of a
+//! recovering endpoint of the nearest tier above it (taking one of the platform-wide permits;
+//! reason `probe`). Within a tier, `in_order` takes the first usable endpoint; `least_latency`
+//! draws two usable endpoints deterministically from the session and attempt and takes the one
+//! with the lower recent P95.
 //!
 //! # Herd control
 //!
@@ -250,8 +253,8 @@ impl TierRouter {
     /// Decides where the call goes. Allocation-free.
     ///
     /// With a [`TenantHandle`](crate::policy::TenantHandle) in the context
-    /// ([`CallContext::tenant_handle`]) the tenant is found by an index into a dense array;
-    /// without one (or with one from before a reload), by hashing its id.
+    /// ([`CallContext::tenant_handle`]) the tenant's routing is reached through it; without one
+    /// (or with one from before a reload, or for another tenant), by hashing its id.
     #[must_use]
     pub fn route(&self, ctx: &CallContext<'_>, now: Timestamp) -> Decision {
         let set = self.policies.load();
@@ -388,6 +391,15 @@ impl TierRouter {
                         now.duration_since(since) >= p.healthy_for && (by_probe || !p.require_probe)
                     })
             })
+        })
+    }
+
+    /// Whether some endpoint of tier `i` wants a half-open probe.
+    fn wants_probe(&self, view: &RoutingView, i: u32, now: Timestamp) -> bool {
+        view.tier(i).is_some_and(|t| {
+            t.endpoint_idx
+                .iter()
+                .any(|&e| self.evaluator.wants_probe(e, now).unwrap_or(false))
         })
     }
 
@@ -806,6 +818,48 @@ impl TierRouter {
                             trace,
                         ) {
                             return finish(i, f, ReasonKind::Promotion, promo);
+                        }
+                    }
+                }
+            }
+            // 1b. Probe the tier above. A probe-eligible session that has dwelt `min_dwell` may,
+            //     at a step boundary, be the one that tests a recovering endpoint of the nearest
+            //     usable tier above it (taking one of the platform-wide permits), so sessions
+            //     stuck below a recovering primary are not left waiting for fresh sessions to
+            //     probe it. A tier above that is healthy but not yet for `healthy_for` is not
+            //     taken here (that is promotion, above), nor is a move that needs approval.
+            if ctx.step_boundary
+                && view.probe_eligible
+                && st.tier > min_tier
+                && st.tier < n
+                && now.duration_since(st.since) >= view.promotion.min_dwell
+            {
+                let above = (min_tier..st.tier)
+                    .rev()
+                    .find(|&i| view.tier(i).is_some_and(|t| t.usable()));
+                if let Some(i) = above {
+                    if !seen(tried_tiers, i)
+                        && !view.approval.requires(st.tier, i)
+                        && self.wants_probe(view, i, now)
+                    {
+                        let mut probing = TriggerList::EMPTY;
+                        let found = self.try_tier(
+                            view,
+                            catalog,
+                            ctx,
+                            i,
+                            deadline,
+                            now,
+                            live,
+                            cap(i),
+                            &mut probing,
+                            &mut Tally::default(),
+                            &mut NoTrace,
+                        );
+                        if let Some(f) = found.filter(|f| f.probing) {
+                            mark(&mut tried_tiers, i);
+                            trace.candidate(i, f.endpoint, CandidateVerdict::Chosen);
+                            return finish(i, f, ReasonKind::Probe, probing);
                         }
                     }
                 }
