@@ -26,6 +26,9 @@ use crate::trigger::EvaluatorSettings;
 /// attacker-chosen), so a fast hash (foldhash) instead of SipHash.
 type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
+/// Views already digested for one tenant content and task, each with its content digest.
+type Digested = Vec<(ResolvedPolicy, ContentDigest)>;
+
 /// Source of [`PolicySet`] epochs.
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
@@ -386,10 +389,7 @@ impl PolicySet {
         let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
         let mut interner = Interner::default();
         let anonymous = TenantId::new("");
-        let mut contents: HashMap<
-            (String, Option<TaskKind>),
-            Vec<(ResolvedPolicy, ContentDigest)>,
-        > = HashMap::new();
+        let mut contents: HashMap<(String, Option<TaskKind>), Digested> = HashMap::new();
         for &i in &order {
             if docs[i].layer.level != Level::Tenant {
                 continue;
