@@ -113,6 +113,8 @@ enum SchemaKind {
     Policy,
     /// A catalog file.
     Catalog,
+    /// The agent state a checkpoint holds.
+    AgentState,
 }
 
 fn main() -> ExitCode {
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
             let s = match kind {
                 SchemaKind::Policy => policy::schema::policy_schema(),
                 SchemaKind::Catalog => policy::schema::catalog_schema(),
+                SchemaKind::AgentState => downshift::checkpoint::agent_state_schema(),
             };
             print!("{s}");
             ExitCode::SUCCESS
