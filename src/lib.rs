@@ -95,6 +95,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+pub mod alerts;
 pub mod audit;
 pub mod blocking;
 pub mod catalog;
@@ -106,6 +107,8 @@ pub mod error;
 pub mod id;
 pub mod policy;
 pub mod router;
+pub mod stats;
+pub mod telemetry;
 pub mod trigger;
 
 pub use audit::{

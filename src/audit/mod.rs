@@ -187,6 +187,10 @@ pub enum AuditEventKind {
         /// The digest it replaced, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous: Option<ContentDigest>,
+        /// The engine mode switched to, when this activation is a mode switch
+        /// ([`Engine::set_mode`](crate::engine::Engine::set_mode)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<crate::engine::EngineMode>,
     },
     /// The session's context was fitted to a smaller window (counts only, never content).
     ContextTransform {

@@ -88,6 +88,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A per-tenant degradation report from a JSON-lines audit log (verified first): events,
+    /// degradation episodes and time degraded; with --stats, calls and cost per tier and the
+    /// saving against the primary tier's prices.
+    Report {
+        /// The audit log (JSON lines).
+        audit_log: PathBuf,
+        /// A stats snapshot (`Engine::stats()` as JSON) to join.
+        #[arg(long)]
+        stats: Option<PathBuf>,
+        /// Leave out records before this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Leave out records after this time (RFC 3339); open episodes end here.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML page with a per-tenant tier timeline.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,7 +200,100 @@ fn main() -> ExitCode {
             };
             explain(&paths, &what, json)
         }
+        Command::Report {
+            audit_log,
+            stats,
+            since,
+            until,
+            json,
+            html,
+        } => report(&ReportArgs {
+            log: &audit_log,
+            stats: stats.as_deref(),
+            since: since.as_deref(),
+            until: until.as_deref(),
+            json,
+            html: html.as_deref(),
+        }),
     }
+}
+
+struct ReportArgs<'a> {
+    log: &'a std::path::Path,
+    stats: Option<&'a std::path::Path>,
+    since: Option<&'a str>,
+    until: Option<&'a str>,
+    json: bool,
+    html: Option<&'a std::path::Path>,
+}
+
+fn report(a: &ReportArgs<'_>) -> ExitCode {
+    use downshift::AuditError;
+    use downshift::stats::StatsSnapshot;
+    use downshift::stats::report::{DegradationReport, Period, read_verified_log};
+    let time = |flag: &str, v: Option<&str>| -> Result<Option<downshift::Timestamp>, ExitCode> {
+        v.map(|v| {
+            downshift::Timestamp::parse_rfc3339(v).map_err(|e| {
+                eprintln!("error: --{flag} `{v}` is not an RFC 3339 time: {e}");
+                ExitCode::from(2)
+            })
+        })
+        .transpose()
+    };
+    let period = match (time("since", a.since), time("until", a.until)) {
+        (Ok(since), Ok(until)) => Period { since, until },
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let records = match read_verified_log(a.log) {
+        Ok(r) => r,
+        Err(e @ AuditError::Tampered { .. }) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stats = match a.stats {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                serde_json::from_str::<StatsSnapshot>(&t).map_err(|e| {
+                    format!(
+                        "not a stats snapshot (line {}, column {}): {e}",
+                        e.line(),
+                        e.column()
+                    )
+                })
+            }) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let r = DegradationReport::build(&records, stats.as_ref(), period);
+    if let Some(path) = a.html {
+        if let Err(e) = std::fs::write(path, r.html()) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if a.json {
+        match serde_json::to_string_pretty(&r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", r.table());
+    }
+    ExitCode::SUCCESS
 }
 
 fn audit_verify(

@@ -40,10 +40,12 @@
 mod budget;
 mod client;
 mod continuity;
+mod mode;
 mod replay;
 mod result;
 mod shared;
 mod stream;
+mod visibility;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -60,6 +62,7 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
+pub use mode::EngineMode;
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shared::{
@@ -270,6 +273,7 @@ struct Inner<P, O> {
     workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
     retry_budget: budget::RetryBudget,
     seed: u64,
+    visibility: visibility::Visibility,
     counter: Arc<dyn TokenCounter>,
     replay: replay::ReplayLog<P>,
 }
@@ -319,6 +323,9 @@ pub struct EngineBuilder<P, O> {
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: u64,
+    stats: bool,
+    mode: EngineMode,
+    labels: crate::telemetry::TenantLabels,
     counter: Option<Arc<dyn TokenCounter>>,
 }
 
@@ -401,6 +408,25 @@ where
         self
     }
 
+    /// Whether the engine counts statistics (default on; see [`Engine::stats`]).
+    pub fn stats(mut self, on: bool) -> Self {
+        self.stats = on;
+        self
+    }
+
+    /// The mode the engine starts in (default [`EngineMode::PerTenant`]; switch at run time
+    /// with [`Engine::set_mode`]).
+    pub fn mode(mut self, mode: EngineMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How tenants are labelled in exported metrics (default: all `other`; feature `metrics`).
+    pub fn metric_labels(mut self, labels: crate::telemetry::TenantLabels) -> Self {
+        self.labels = labels;
+        self
+    }
+
     /// The token counter used to size and fit agent states (default: [`HeuristicCounter`]).
     pub fn token_counter(mut self, counter: Arc<dyn TokenCounter>) -> Self {
         self.counter = Some(counter);
@@ -426,6 +452,9 @@ where
             Arc::clone(&evaluator),
             self.seed,
         );
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let visibility =
+            visibility::Visibility::new(clock.now(), self.stats, self.mode, self.labels);
         Ok(Engine {
             inner: Arc::new(Inner {
                 policies: self.policies,
@@ -439,7 +468,7 @@ where
                     .audit
                     .unwrap_or_else(|| Arc::new(MemoryAuditSink::new())),
                 notifier: self.notifier,
-                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                clock,
                 sleeper: self.sleeper.unwrap_or_else(|| Arc::new(NoSleep)),
                 sessions: Sessions::new(),
                 approvals: self
@@ -451,6 +480,7 @@ where
                 workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
+                visibility,
                 counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
                 replay: replay::ReplayLog::default(),
             }),
@@ -512,6 +542,9 @@ where
             clock: None,
             sleeper: None,
             seed: 0,
+            stats: true,
+            mode: EngineMode::PerTenant,
+            labels: crate::telemetry::TenantLabels::new(),
             counter: None,
         }
     }
@@ -848,24 +881,31 @@ where
     }
 
     /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
-    /// [`CallResult`].
+    /// [`CallResult`]. In [`EngineMode::ObserveOnly`] and [`EngineMode::PlatformBreaker`] the
+    /// call is routed as that mode says; every call is counted in [`Engine::stats`] and traced
+    /// (feature `tracing`).
     pub async fn call(&self, mut call: Call<P>) -> CallResult<O> {
         self.prepare_call(&mut call);
+        self.call_visible(call).await
+    }
+
+    /// [`Engine::call`] under the tenants' full policies.
+    async fn call_per_tenant(&self, call: &Call<P>) -> CallResult<O> {
         let start = self.inner.clock.now();
-        let mut pre = match self.preflight(&call, start).await {
+        let mut pre = match self.preflight(call, start).await {
             Ok(p) => p,
             Err(end) => return end,
         };
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut audit_seqs = Vec::new();
         loop {
-            let r = match self.next_route(&call, &mut pre, &attempts).await {
+            let r = match self.next_route(call, &mut pre, &attempts).await {
                 Ok(r) => r,
                 Err(end) => return end,
             };
             let catalog = r.set.catalog();
             // The context to send: fitted to the endpoint, or the call ends here.
-            let context = match self.context_for(&call, &r, &pre, &mut audit_seqs).await {
+            let context = match self.context_for(call, &r, &pre, &mut audit_seqs).await {
                 Ok(c) => c,
                 Err(end) => return end,
             };
@@ -873,7 +913,7 @@ where
             let context = context.map(|c| c.state);
             match self
                 .attempt(
-                    &call,
+                    call,
                     &r.view,
                     catalog,
                     &r.route,
@@ -893,7 +933,7 @@ where
                         .flatten();
                     let mut result = self
                         .complete(
-                            &call,
+                            call,
                             &r.view,
                             catalog,
                             &r.route,
@@ -903,7 +943,7 @@ where
                             &mut audit_seqs,
                         )
                         .await;
-                    self.after_step(&call, &r, &mut result, context, text, fitted)
+                    self.after_step(call, &r, &mut result, context, text, fitted)
                         .await;
                     return result;
                 }
@@ -993,6 +1033,16 @@ where
         // An observation is only refused for an index outside the catalog or a bad cost, which
         // the engine never builds.
         let _ = inner.evaluator.observe(&obs, finished);
+        self.record_attempt(
+            &call.tenant,
+            view,
+            route,
+            ep,
+            class,
+            usage,
+            cost,
+            finished.duration_since(started),
+        );
     }
 
     /// Half-open probes are limited platform-wide: with a health exchange, a probe call first
@@ -1121,7 +1171,24 @@ where
         let top = view.top_tier().unwrap_or(0);
         let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
         let moved = route.tier != from;
+        visibility::record_route(route);
+        if let Some(ep) = catalog.try_endpoint(route.endpoint) {
+            visibility::record_models(view, catalog, ep);
+        }
         if moved {
+            visibility::tier_event(
+                if route.tier < from {
+                    "promotion"
+                } else {
+                    "tier_change"
+                },
+                &call.tenant,
+                call.session.as_ref(),
+                from,
+                Some(route.tier),
+                catalog.try_endpoint(route.endpoint).map(|e| e.id.as_str()),
+                route.reason.kind.as_str(),
+            );
             // Checkpoint before the session's tier changes, when the caller gave its state.
             if let (Some(sid), Some(state)) = (&call.session, call.checkpoint_state()) {
                 let cp = self.checkpoint(
@@ -1356,6 +1423,16 @@ where
         if let Err(r) = self.record(ev).await {
             return CallResult::Rejected(r);
         }
+        self.inner.visibility.stats.suspended(&call.tenant);
+        visibility::tier_event(
+            "suspension",
+            &call.tenant,
+            Some(sid),
+            from,
+            None,
+            None,
+            reason.kind.as_str(),
+        );
         self.inner.sessions.update(sid, |s| {
             s.suspended = Some((token.clone(), retry_at, message.clone()));
         });
@@ -1536,6 +1613,7 @@ where
             ev = ev.session(s.clone());
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.approval(&p.tenant, true);
         Ok(())
     }
 
@@ -1564,6 +1642,7 @@ where
             ev = ev.session(s.clone());
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.approval(&p.tenant, false);
         Ok(())
     }
 
@@ -1699,6 +1778,7 @@ where
             ev = ev.checkpoint(r);
         }
         self.inner.audit.append(ev).await?;
+        self.inner.visibility.stats.resumed(&cp.tenant);
         self.inner.sessions.update(session, |s| {
             *s = SessionState {
                 version: Some(version),
@@ -2011,6 +2091,7 @@ where
             AuditEventKind::PolicyActivation {
                 digest: set.digest().clone(),
                 previous: Some(previous),
+                mode: None,
             },
         );
         self.inner.audit.append(ev).await?;

@@ -250,6 +250,8 @@ struct Hot {
     last_success: AtomicU64,
     /// Whether that close came from successful half-open probes.
     closed_by_probe: AtomicU8,
+    /// Breaker transitions so far.
+    transitions: AtomicU64,
     /// Per status-page state (by `status_to_u8`): until when it was last in force, once it was
     /// replaced, expired or cleared (0: never). What promotion's `healthy_for` is measured from.
     status_seen: [AtomicU64; 5],
@@ -491,6 +493,9 @@ impl TriggerEvaluator {
     }
 
     fn emit(&self, e: BreakerEvent) {
+        if let Some(cell) = self.cells.get(e.endpoint.0 as usize) {
+            cell.hot.transitions.fetch_add(1, Ordering::Relaxed);
+        }
         if e.to == BreakerState::Closed {
             if let Some(cell) = self.cells.get(e.endpoint.0 as usize) {
                 cell.hot.closed_since.store(e.at.as_millis(), REL);
@@ -517,6 +522,15 @@ impl TriggerEvaluator {
         let mut q = self.events.lock();
         self.pending.store(0, REL);
         q.drain(..).collect()
+    }
+
+    /// How many times an endpoint's breaker changed state since the evaluator started
+    /// (lock-free; counted whether or not the events were drained).
+    ///
+    /// # Errors
+    /// [`TriggerError::UnknownEndpoint`].
+    pub fn breaker_transitions(&self, endpoint: EndpointIdx) -> Result<u64, TriggerError> {
+        Ok(self.cell(endpoint)?.hot.transitions.load(Ordering::Relaxed))
     }
 
     /// Events dropped because the queue was full when they happened.

@@ -85,6 +85,7 @@ pub fn event(n: u64) -> AuditEvent {
         9 => AuditEventKind::PolicyActivation {
             digest: digests().policy.clone(),
             previous: Some(digests().policy_old.clone()),
+            mode: None,
         },
         10 => AuditEventKind::ContextTransform {
             from_tokens: 180_000,

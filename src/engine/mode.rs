@@ -1,0 +1,340 @@
+//! The adoption path as engine modes, switchable at run time: `observe_only` (crawl),
+//! `platform_breaker` (walk) and `per_tenant` (run). See `docs/observability.md`.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Call, CallResult, Completed, Engine, OutputFlags, RejectKind, Rejection, ServedBy};
+use crate::audit::{AuditEvent, AuditEventKind};
+use crate::error::{EngineError, Error};
+use crate::id::EndpointId;
+use crate::policy::ResolvedPolicy;
+use crate::router::{CallContext, Decision, Reason, ReasonKind, Route, TriggerList};
+
+/// How the engine routes calls.
+///
+/// Serialized as `{"mode":"observe_only"}`, `{"mode":"platform_breaker","fallback":"small"}`
+/// or `{"mode":"per_tenant"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EngineMode {
+    /// Crawl: every call goes to the tenant's primary endpoint exactly as without downshift —
+    /// no fallback, no suspension, no approval — while the engine records everything (stats,
+    /// endpoint health, tracing) and reports what the policy *would* have done
+    /// ([`WouldBe`](crate::stats::WouldBe) in the stats, `downshift.would_be` on the span).
+    ObserveOnly,
+    /// Walk: one platform-wide fallback endpoint for every tenant. A call goes to the tenant's
+    /// primary; when the primary's breaker is open or the attempt fails with a capacity error,
+    /// it goes once to `fallback` — only if the tenant's policy permits that endpoint on some
+    /// tier (residency, allowlists and floors are never bypassed); otherwise the call is
+    /// rejected.
+    PlatformBreaker {
+        /// The platform's fallback endpoint.
+        fallback: EndpointId,
+    },
+    /// Run: every tenant's full policy (the default).
+    #[default]
+    PerTenant,
+}
+
+impl EngineMode {
+    /// `observe_only`, `platform_breaker` or `per_tenant`.
+    #[must_use]
+    pub const fn name(&self) -> &'static str {
+        match self {
+            EngineMode::ObserveOnly => "observe_only",
+            EngineMode::PlatformBreaker { .. } => "platform_breaker",
+            EngineMode::PerTenant => "per_tenant",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineMode::PlatformBreaker { fallback } => {
+                write!(f, "platform_breaker (fallback `{fallback}`)")
+            }
+            m => f.write_str(m.name()),
+        }
+    }
+}
+
+/// The active set, the tenant's view and its primary route.
+type Primary = (Arc<crate::policy::PolicySet>, Arc<ResolvedPolicy>, Route);
+
+impl<P, O> Engine<P, O>
+where
+    P: Clone + Send + Sync + 'static,
+    O: Send + Sync + 'static,
+{
+    /// The current mode.
+    #[must_use]
+    pub fn mode(&self) -> EngineMode {
+        EngineMode::clone(&self.inner.visibility.mode.load())
+    }
+
+    /// Switches the mode at run time. The switch is recorded in the audit log as a policy
+    /// activation (the active policy set's digest, with `mode`) before it takes effect; calls
+    /// already routing finish under the mode they started with.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownEndpoint`] for a platform fallback not in the catalog; an audit
+    /// error (the mode is then unchanged).
+    pub async fn set_mode(&self, mode: EngineMode) -> Result<(), Error> {
+        let set = self.inner.policies.current();
+        if let EngineMode::PlatformBreaker { fallback } = &mode {
+            if set.catalog().index_of(fallback.as_str()).is_none() {
+                return Err(EngineError::UnknownEndpoint {
+                    endpoint: fallback.clone(),
+                }
+                .into());
+            }
+        }
+        let ev = AuditEvent::new(
+            self.inner.clock.now(),
+            AuditEventKind::PolicyActivation {
+                digest: set.digest().clone(),
+                previous: Some(set.digest().clone()),
+                mode: Some(mode.clone()),
+            },
+        );
+        self.inner.audit.append(ev).await?;
+        self.inner.visibility.mode.store(Arc::new(mode));
+        Ok(())
+    }
+
+    /// The tenant's view and its primary route, or the rejection that ends the call.
+    fn primary(&self, call: &Call<P>) -> Result<Primary, Box<CallResult<O>>> {
+        let set = self.inner.policies.current();
+        let Ok(tp) = set.tenant(call.tenant.as_str()) else {
+            return Err(Box::new(CallResult::Rejected(Rejection {
+                kind: RejectKind::Policy,
+                reason: Some(Reason::new(ReasonKind::UnknownTenant, TriggerList::EMPTY)),
+                message: format!("unknown tenant `{}`", call.tenant),
+            })));
+        };
+        let view = Arc::clone(tp.view(call.task.as_str()));
+        let top = view.top_tier();
+        let Some((tier, &endpoint)) = top.and_then(|t| {
+            view.tier(t)
+                .and_then(|x| x.endpoint_idx.first())
+                .map(|e| (t, e))
+        }) else {
+            return Err(Box::new(CallResult::Rejected(Rejection {
+                kind: RejectKind::Policy,
+                reason: Some(Reason::new(ReasonKind::NothingUsable, TriggerList::EMPTY)),
+                message: format!(
+                    "tenant `{}` has no usable primary tier for task `{}`",
+                    call.tenant, call.task
+                ),
+            })));
+        };
+        let route = Route {
+            endpoint,
+            tier,
+            degraded: false,
+            probe: None,
+            notice: false,
+            switched: false,
+            fit_context: false,
+            reason: Reason::new(ReasonKind::Healthy, TriggerList::EMPTY),
+        };
+        Ok((set, view, route))
+    }
+
+    fn deadline_of(
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        start: crate::clock::Timestamp,
+    ) -> Option<crate::clock::Timestamp> {
+        call.deadline
+            .or_else(|| view.sla.default_deadline.map(|d| start.saturating_add(d)))
+    }
+
+    /// `observe_only`: the primary serves; the policy's decision is only reported.
+    pub(crate) async fn call_observe_only(&self, call: &Call<P>) -> CallResult<O> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let (set, view, route) = match self.primary(call) {
+            Ok(x) => x,
+            Err(end) => return *end,
+        };
+        let catalog = set.catalog();
+        let deadline = Self::deadline_of(call, &view, now);
+        let mut ctx = CallContext::new(&call.tenant, &call.task)
+            .requirements(call.requirements)
+            .step_boundary(call.new_step);
+        if let Some(d) = deadline {
+            ctx = ctx.deadline(d);
+        }
+        if let Some(s) = &call.session {
+            ctx = ctx.session(s);
+        }
+        if let Some(w) = &call.workflow {
+            ctx = ctx.workflow(w);
+        }
+        let would = inner.router.route(&ctx, now);
+        if let Decision::Route(Route { probe: Some(p), .. }) = &would {
+            // The would-be probe is not sent: give its permit back.
+            let _ = inner.evaluator.release_probe(*p, now);
+        }
+        inner
+            .visibility
+            .stats
+            .would_be(&call.tenant, &would, catalog, now);
+        super::visibility::record_would_be(&would, catalog);
+        match self
+            .attempt(call, &view, catalog, &route, deadline, &[], now, None)
+            .await
+        {
+            Ok(response) => {
+                self.complete(
+                    call,
+                    &view,
+                    catalog,
+                    &route,
+                    response,
+                    None,
+                    &[],
+                    &mut Vec::new(),
+                )
+                .await
+            }
+            Err(e) => CallResult::Rejected(Rejection {
+                kind: RejectKind::Provider { class: e.class() },
+                reason: None,
+                message: format!(
+                    "the primary `{}` failed ({e}); observe_only mode never reroutes (the policy would have: {})",
+                    catalog
+                        .try_endpoint(route.endpoint)
+                        .map_or("?", |x| x.id.as_str()),
+                    would.reason()
+                ),
+            }),
+        }
+    }
+
+    /// `platform_breaker`: the primary, or the platform's one fallback.
+    pub(crate) async fn call_platform_breaker(
+        &self,
+        call: &Call<P>,
+        fallback: &EndpointId,
+    ) -> CallResult<O> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let (set, view, primary) = match self.primary(call) {
+            Ok(x) => x,
+            Err(end) => return *end,
+        };
+        let catalog = set.catalog();
+        let deadline = Self::deadline_of(call, &view, now);
+        let mut attempts = Vec::new();
+        let usable = inner
+            .evaluator
+            .check(primary.endpoint, &view.tenant_triggers, now)
+            .is_ok_and(|v| v.is_usable());
+        let mut trigger = None;
+        if usable {
+            match self
+                .attempt(call, &view, catalog, &primary, deadline, &[], now, None)
+                .await
+            {
+                Ok(response) => {
+                    return self
+                        .complete(
+                            call,
+                            &view,
+                            catalog,
+                            &primary,
+                            response,
+                            None,
+                            &[],
+                            &mut Vec::new(),
+                        )
+                        .await;
+                }
+                Err(e) if !e.class().is_capacity() => {
+                    return CallResult::Rejected(super::refused(catalog, primary.endpoint, &e));
+                }
+                Err(e) => attempts.push(crate::router::Attempt {
+                    endpoint: primary.endpoint,
+                    outcome: e.class(),
+                }),
+            }
+        } else if let Ok(v) = inner
+            .evaluator
+            .check(primary.endpoint, &view.tenant_triggers, now)
+        {
+            trigger = v.trigger().copied();
+        }
+        let permitted = catalog.index_of(fallback.as_str()).and_then(|idx| {
+            view.usable_tiers()
+                .find(|t| t.endpoint_idx.contains(&idx))
+                .map(|t| (t.index, t.name.clone(), idx))
+        });
+        let Some((tier, tier_name, idx)) = permitted else {
+            return CallResult::Rejected(Rejection {
+                kind: RejectKind::Policy,
+                reason: Some(Reason::new(ReasonKind::NothingUsable, TriggerList::EMPTY)),
+                message: format!(
+                    "the primary is unavailable and tenant `{}`'s policy does not permit the platform fallback `{fallback}`",
+                    call.tenant
+                ),
+            });
+        };
+        let mut triggers = TriggerList::EMPTY;
+        if let Some(t) = trigger {
+            triggers.push(t);
+        }
+        let route = Route {
+            endpoint: idx,
+            tier,
+            degraded: tier != primary.tier,
+            probe: None,
+            notice: false,
+            switched: false,
+            fit_context: false,
+            reason: Reason::new(ReasonKind::Fallback, triggers),
+        };
+        let now = inner.clock.now();
+        match self
+            .attempt(call, &view, catalog, &route, deadline, &attempts, now, None)
+            .await
+        {
+            Ok(response) => {
+                super::visibility::record_route(&route);
+                let flags = OutputFlags {
+                    degraded: route.degraded,
+                    top_tier: primary.tier,
+                    served_tier: tier,
+                    probe: false,
+                    fitted_context: false,
+                    replay: view.recovery.replay,
+                    needs_review: route.degraded
+                        && view.recovery.replay != crate::policy::Replay::None,
+                };
+                CallResult::Completed(Box::new(Completed {
+                    response,
+                    served_by: ServedBy {
+                        tier,
+                        tier_name,
+                        endpoint: fallback.clone(),
+                    },
+                    degraded: route.degraded,
+                    flags,
+                    attempts: u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX),
+                    policy_digest: view.digest.clone(),
+                    audit: Vec::new(),
+                }))
+            }
+            Err(e) => CallResult::Rejected(Rejection {
+                kind: RejectKind::Provider { class: e.class() },
+                reason: Some(route.reason),
+                message: format!("the platform fallback `{fallback}` failed too ({e})"),
+            }),
+        }
+    }
+}

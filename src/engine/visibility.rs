@@ -1,0 +1,477 @@
+//! The engine's visibility hooks: the per-call span, the stats counters, metrics, and the
+//! dispatch by [`EngineMode`]. Kept apart from the routing code; `mod.rs` calls in at four
+//! points (call start/end, each attempt, each tier change or suspension, approvals).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::{Call, CallResult, Engine, EngineMode, TokenUsage};
+use crate::catalog::{Catalog, Endpoint};
+use crate::clock::Timestamp;
+use crate::id::TenantId;
+use crate::policy::ResolvedPolicy;
+use crate::router::{Decision, ReasonKind, Route};
+use crate::stats::collector::{AttemptRecord, CallRecord, Ending};
+use crate::stats::{Collector, EndpointStats, StatsSnapshot};
+use crate::telemetry::TenantLabels;
+use crate::trigger::OutcomeClass;
+
+/// What the engine keeps for visibility.
+#[derive(Debug)]
+pub(crate) struct Visibility {
+    pub(crate) stats: Collector,
+    pub(crate) mode: ArcSwap<EngineMode>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) labels: ArcSwap<TenantLabels>,
+}
+
+impl Visibility {
+    pub(crate) fn new(now: Timestamp, stats: bool, mode: EngineMode, labels: TenantLabels) -> Self {
+        Visibility {
+            stats: Collector::new(now, stats),
+            mode: ArcSwap::from_pointee(mode),
+            labels: ArcSwap::from_pointee(labels),
+        }
+    }
+}
+
+/// What the same tokens cost at the tenant's primary tier (its top tier's first endpoint).
+pub(crate) fn primary_cost(view: &ResolvedPolicy, catalog: &Catalog, usage: TokenUsage) -> f64 {
+    view.top_tier()
+        .and_then(|t| view.tier(t))
+        .and_then(|t| t.endpoint_idx.first())
+        .and_then(|&e| catalog.try_endpoint(e))
+        .map_or(0.0, |e| {
+            e.pricing.cost(usage.input_tokens, usage.output_tokens)
+        })
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<P, O> Engine<P, O>
+where
+    P: Clone + Send + Sync + 'static,
+    O: Send + Sync + 'static,
+{
+    /// A snapshot of the engine's statistics (see [`crate::stats`]). Never blocks a call.
+    #[must_use]
+    pub fn stats(&self) -> StatsSnapshot {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let set = inner.policies.current();
+        let catalog = set.catalog();
+        let ev = &inner.evaluator;
+        let endpoints = catalog
+            .endpoints()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let idx = crate::catalog::EndpointIdx(u32::try_from(i).unwrap_or(u32::MAX));
+                let h = ev.health(idx, now).ok();
+                EndpointStats {
+                    endpoint: e.id.clone(),
+                    state: h.as_ref().map_or_else(
+                        || "unknown".to_string(),
+                        |h| {
+                            serde_json::to_value(h.state)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default()
+                        },
+                    ),
+                    breaker_transitions: ev.breaker_transitions(idx).unwrap_or(0),
+                    attempts: 0,
+                    window_failures: h.as_ref().map_or(0, |h| h.failures),
+                    failure_rate: h.as_ref().and_then(|h| h.failure_rate),
+                    p95_ms: h.as_ref().and_then(|h| h.latency.p95).map(ms),
+                    queue_depth: h.as_ref().and_then(|h| h.signals.queue_depth),
+                    status_page: h
+                        .as_ref()
+                        .and_then(|h| h.signals.status_page)
+                        .and_then(|s| {
+                            serde_json::to_value(s)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                        }),
+                    requests_remaining: h.as_ref().and_then(|h| h.signals.requests_remaining),
+                    tokens_remaining: h.as_ref().and_then(|h| h.signals.tokens_remaining),
+                    not_before: h.as_ref().and_then(|h| h.not_before),
+                }
+            })
+            .collect();
+        inner
+            .visibility
+            .stats
+            .snapshot(now, self.mode(), catalog, endpoints)
+    }
+
+    /// Turns the statistics counters on or off at run time (on by default; see
+    /// [`EngineBuilder::stats`](super::EngineBuilder::stats)).
+    pub fn set_stats_enabled(&self, on: bool) {
+        self.inner.visibility.stats.set_enabled(on);
+    }
+
+    /// Replaces how tenants are labelled in exported metrics (see
+    /// [`TenantLabels`]): refresh it from a snapshot with [`TenantLabels::top_by_calls`].
+    pub fn set_metric_labels(&self, labels: TenantLabels) {
+        self.inner.visibility.labels.store(Arc::new(labels));
+    }
+
+    /// The call, traced, counted and dispatched by mode.
+    pub(crate) async fn call_visible(&self, call: Call<P>) -> CallResult<O> {
+        let inner = &*self.inner;
+        let start = inner.clock.now();
+        let mode = inner.visibility.mode.load_full();
+        let fut = async {
+            match &*mode {
+                EngineMode::PerTenant => self.call_per_tenant(&call).await,
+                EngineMode::ObserveOnly => self.call_observe_only(&call).await,
+                EngineMode::PlatformBreaker { fallback } => {
+                    self.call_platform_breaker(&call, fallback).await
+                }
+            }
+        };
+        #[cfg(feature = "tracing")]
+        let (result, span) = {
+            use tracing::Instrument;
+            let span = tracing_span::call_span(&call, mode.name());
+            let r = fut.instrument(span.clone()).await;
+            (r, span)
+        };
+        #[cfg(not(feature = "tracing"))]
+        let result = fut.await;
+        let end = inner.clock.now();
+        self.record_call(&call, &result, start, end);
+        #[cfg(feature = "tracing")]
+        tracing_span::record_result(&span, &result);
+        result
+    }
+
+    fn record_call(
+        &self,
+        call: &Call<P>,
+        result: &CallResult<O>,
+        start: Timestamp,
+        end: Timestamp,
+    ) {
+        let inner = &*self.inner;
+        let stats = &inner.visibility.stats;
+        #[cfg(feature = "metrics")]
+        crate::telemetry::emit_result(
+            &inner.visibility.labels.load(),
+            &call.tenant,
+            result.outcome(),
+        );
+        if !stats.enabled() {
+            return;
+        }
+        let reason = match result {
+            CallResult::Rejected(r) => r.reason.map(|r| r.kind),
+            _ => None,
+        };
+        if reason == Some(ReasonKind::UnknownTenant) {
+            stats.unknown_tenant();
+            return;
+        }
+        let (ending, audit_seq, mut cost, mut primary) = match result {
+            CallResult::Completed(c) => (
+                Ending::Served {
+                    degraded: c.degraded,
+                    tier: c.served_by.tier,
+                },
+                c.audit.first().copied(),
+                0.0,
+                0.0,
+            ),
+            CallResult::Suspended { .. } => (Ending::Suspended, None, 0.0, 0.0),
+            CallResult::AwaitingApproval { .. } => (Ending::AwaitingApproval, None, 0.0, 0.0),
+            CallResult::Rejected(_) => (Ending::Rejected, None, 0.0, 0.0),
+        };
+        if let CallResult::Completed(c) = result {
+            if c.degraded {
+                // Only degraded calls are priced here (for their degradation episode).
+                let set = inner.policies.load();
+                let catalog = set.catalog();
+                let usage = c.response.usage;
+                if let Some(e) = catalog
+                    .index_of(c.served_by.endpoint.as_str())
+                    .and_then(|i| catalog.try_endpoint(i))
+                {
+                    cost = e.pricing.cost(usage.input_tokens, usage.output_tokens);
+                }
+                if let Ok(view) = set.view(call.tenant.as_str(), call.task.as_str()) {
+                    primary = primary_cost(view, catalog, usage);
+                }
+            }
+        }
+        let reached_model = !matches!(
+            result,
+            CallResult::Rejected(r) if !matches!(r.kind, super::RejectKind::Provider { .. })
+        ) && !matches!(
+            result,
+            CallResult::Suspended { .. } | CallResult::AwaitingApproval { .. }
+        );
+        stats.call(
+            &call.tenant,
+            &CallRecord {
+                session: call.session.as_ref(),
+                ending,
+                latency_ms: reached_model.then(|| ms(end.duration_since(start))),
+                deadline_missed: call.deadline.is_some_and(|d| end > d)
+                    || reason == Some(ReasonKind::DeadlineUnreachable),
+                audit_seq,
+                cost,
+                primary_cost: primary,
+                now: end,
+            },
+        );
+    }
+
+    /// Counts one attempt (called from `observe_attempt`, for calls and streams alike).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_attempt(
+        &self,
+        tenant: &TenantId,
+        view: &ResolvedPolicy,
+        route: &Route,
+        ep: &Endpoint,
+        class: OutcomeClass,
+        usage: TokenUsage,
+        cost: f64,
+        latency: std::time::Duration,
+    ) {
+        let vis = &self.inner.visibility;
+        let top = view.top_tier();
+        let primary = if top == Some(route.tier) {
+            cost
+        } else {
+            primary_cost(view, self.inner.policies.load().catalog(), usage)
+        };
+        let tier_name = view.tier(route.tier).map_or("?", |t| t.name.as_str());
+        #[cfg(feature = "metrics")]
+        crate::telemetry::emit_attempt(
+            &vis.labels.load(),
+            tenant,
+            route.tier,
+            &ep.id,
+            class,
+            route.degraded,
+            latency,
+            usage,
+            cost,
+            primary,
+        );
+        vis.stats.attempt(
+            tenant,
+            &AttemptRecord {
+                tier: route.tier,
+                tier_name,
+                endpoint: route.endpoint,
+                degraded: route.degraded,
+                class,
+                latency_ms: ms(latency),
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cost,
+                primary_cost: primary,
+            },
+        );
+        let _ = ep;
+    }
+}
+
+/// Records the route that served on the call's span (reason, tier, endpoint, degraded).
+pub(crate) fn record_route(route: &Route) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("downshift.reason", route.reason.kind.as_str());
+            span.record("downshift.degraded", route.degraded);
+            span.record("downshift.tier", route.tier);
+        }
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = route;
+}
+
+/// Records what the policy would have done (`observe_only`) on the call's span.
+pub(crate) fn record_would_be(decision: &Decision, catalog: &Catalog) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let text = match decision {
+                Decision::Route(r) => format!(
+                    "route tier {} `{}` ({})",
+                    r.tier,
+                    catalog
+                        .try_endpoint(r.endpoint)
+                        .map_or("?", |e| e.id.as_str()),
+                    r.reason
+                ),
+                Decision::AwaitApproval {
+                    proposed_tier,
+                    reason,
+                    ..
+                } => format!("await_approval for tier {proposed_tier} ({reason})"),
+                Decision::Suspend { reason, .. } => format!("suspend ({reason})"),
+                Decision::Reject { reason } => format!("reject ({reason})"),
+            };
+            span.record("downshift.would_be", text.as_str());
+        }
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (decision, catalog);
+}
+
+/// A tier change, promotion or suspension of a call's session: a `tracing` event inside the
+/// call's span.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tier_event(
+    kind: &'static str,
+    tenant: &TenantId,
+    session: Option<&crate::id::SessionId>,
+    from: u32,
+    to: Option<u32>,
+    endpoint: Option<&str>,
+    reason: &str,
+) {
+    #[cfg(feature = "tracing")]
+    tracing::event!(
+        target: "downshift",
+        tracing::Level::INFO,
+        downshift.event = kind,
+        downshift.tenant = tenant.as_str(),
+        downshift.session = session.map(crate::id::SessionId::as_str),
+        downshift.from_tier = from,
+        downshift.to_tier = to,
+        downshift.endpoint = endpoint,
+        downshift.reason = reason,
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (kind, tenant, session, from, to, endpoint, reason);
+}
+
+#[cfg(feature = "tracing")]
+mod tracing_span {
+    use super::super::{Call, CallResult};
+    use tracing::field::Empty;
+
+    /// The span of one call. Field names follow the OpenTelemetry GenAI semantic conventions
+    /// where one applies (`gen_ai.*`, `error.type`); the rest are `downshift.*`. Never the
+    /// payload, the prompt or the output.
+    pub(super) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
+        let span = tracing::info_span!(
+            target: "downshift",
+            "downshift.call",
+            otel.name = Empty,
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = Empty,
+            gen_ai.request.model = Empty,
+            gen_ai.response.model = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            gen_ai.conversation.id = Empty,
+            error.type = Empty,
+            downshift.tenant = %call.tenant,
+            downshift.session = Empty,
+            downshift.workflow = Empty,
+            downshift.task = %call.task,
+            downshift.mode = mode,
+            downshift.tier = Empty,
+            downshift.tier_name = Empty,
+            downshift.endpoint = Empty,
+            downshift.degraded = Empty,
+            downshift.attempts = Empty,
+            downshift.reason = Empty,
+            downshift.outcome = Empty,
+            downshift.would_be = Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(s) = &call.session {
+                span.record("downshift.session", s.as_str());
+                span.record("gen_ai.conversation.id", s.as_str());
+            }
+            if let Some(w) = &call.workflow {
+                span.record("downshift.workflow", w.as_str());
+            }
+        }
+        span
+    }
+
+    /// Records how the call ended.
+    pub(super) fn record_result<O>(span: &tracing::Span, result: &CallResult<O>) {
+        if span.is_disabled() {
+            return;
+        }
+        span.record("downshift.outcome", result.outcome());
+        match result {
+            CallResult::Completed(c) => {
+                span.record("downshift.tier", c.served_by.tier);
+                span.record("downshift.tier_name", c.served_by.tier_name.as_str());
+                span.record("downshift.endpoint", c.served_by.endpoint.as_str());
+                span.record("downshift.degraded", c.degraded);
+                span.record("downshift.attempts", c.attempts);
+                span.record("gen_ai.usage.input_tokens", c.response.usage.input_tokens);
+                span.record("gen_ai.usage.output_tokens", c.response.usage.output_tokens);
+            }
+            CallResult::Rejected(r) => {
+                span.record("error.type", super::reject_name(r.kind));
+                if let Some(reason) = &r.reason {
+                    span.record("downshift.reason", reason.kind.as_str());
+                }
+            }
+            CallResult::Suspended { .. } => {
+                span.record("downshift.reason", "suspended");
+            }
+            CallResult::AwaitingApproval { proposed_tier, .. } => {
+                span.record("downshift.reason", "approval_required");
+                span.record("downshift.tier", *proposed_tier);
+            }
+        }
+    }
+}
+
+/// A rejection kind's name, for `error.type` and metrics.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn reject_name(kind: super::RejectKind) -> &'static str {
+    use super::RejectKind as K;
+    match kind {
+        K::Policy => "policy",
+        K::Provider { class } => class.as_str(),
+        K::RetryBudget => "retry_budget",
+        K::ApprovalDenied => "approval_denied",
+        K::ApprovalExpired => "approval_expired",
+        K::NoSession => "no_session",
+        K::Durability => "durability",
+        K::Context => "context",
+    }
+}
+
+/// Records the served model and provider (and the requested, primary model) on the span.
+pub(crate) fn record_models(view: &ResolvedPolicy, catalog: &Catalog, served: &Endpoint) {
+    #[cfg(feature = "tracing")]
+    {
+        let span = tracing::Span::current();
+        if span.is_disabled() {
+            return;
+        }
+        span.record("gen_ai.response.model", served.model.as_str());
+        span.record("gen_ai.provider.name", served.provider.as_str());
+        let requested = view
+            .top_tier()
+            .and_then(|t| view.tier(t))
+            .and_then(|t| t.endpoint_idx.first())
+            .and_then(|&e| catalog.try_endpoint(e))
+            .map_or(served.model.as_str(), |e| e.model.as_str());
+        span.record("gen_ai.request.model", requested);
+        span.record("otel.name", format!("chat {requested}").as_str());
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (view, catalog, served);
+}

@@ -1,0 +1,665 @@
+//! The engine's counters: sharded by tenant, atomics inside, no lock on the common path.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use hashbrown::{DefaultHashBuilder, HashMap};
+use parking_lot::{Mutex, RwLock};
+
+use super::histogram::Histogram;
+use super::{
+    DegradationEvent, EndpointStats, Outcomes, RouteStats, StatsSnapshot, TenantStats, WouldBe,
+    WouldBeDecision,
+};
+use crate::catalog::{Catalog, EndpointIdx};
+use crate::clock::Timestamp;
+use crate::engine::EngineMode;
+use crate::id::{SessionId, TenantId};
+use crate::router::Decision;
+use crate::trigger::OutcomeClass;
+
+const SHARDS: usize = 64;
+const CLASSES: usize = OutcomeClass::ALL.len();
+/// Closed degradation episodes kept for snapshots.
+const MAX_CLOSED: usize = 10_000;
+const R: Ordering = Ordering::Relaxed;
+
+fn class_index(c: OutcomeClass) -> usize {
+    OutcomeClass::ALL.iter().position(|x| *x == c).unwrap_or(0)
+}
+
+/// Adds to an `f64` kept as bits.
+fn add_f64(cell: &AtomicU64, v: f64) {
+    if v == 0.0 {
+        return;
+    }
+    let mut cur = cell.load(R);
+    loop {
+        let next = (f64::from_bits(cur) + v).to_bits();
+        match cell.compare_exchange_weak(cur, next, R, R) {
+            Ok(_) => return,
+            Err(x) => cur = x,
+        }
+    }
+}
+
+fn load_f64(cell: &AtomicU64) -> f64 {
+    f64::from_bits(cell.load(R))
+}
+
+fn counts(cells: &[AtomicU64; CLASSES]) -> [u64; CLASSES] {
+    std::array::from_fn(|i| cells.get(i).map_or(0, |c| c.load(R)))
+}
+
+/// One attempt, as the engine reports it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttemptRecord<'a> {
+    pub tier: u32,
+    pub tier_name: &'a str,
+    pub endpoint: EndpointIdx,
+    pub degraded: bool,
+    pub class: OutcomeClass,
+    pub latency_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: f64,
+    pub primary_cost: f64,
+}
+
+/// How a call ended, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Served { degraded: bool, tier: u32 },
+    Suspended,
+    AwaitingApproval,
+    Rejected,
+}
+
+/// One ended call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallRecord<'a> {
+    pub session: Option<&'a SessionId>,
+    pub ending: Ending,
+    pub latency_ms: Option<u64>,
+    pub deadline_missed: bool,
+    pub audit_seq: Option<u64>,
+    /// Cost and primary cost of the served attempt (degraded calls only).
+    pub cost: f64,
+    pub primary_cost: f64,
+    pub now: Timestamp,
+}
+
+#[derive(Debug)]
+struct RouteCell {
+    tier: u32,
+    tier_name: Arc<str>,
+    endpoint: EndpointIdx,
+    attempts: AtomicU64,
+    degraded: AtomicU64,
+    outcomes: [AtomicU64; CLASSES],
+    latency: Histogram,
+    input: AtomicU64,
+    output: AtomicU64,
+    cost: AtomicU64,
+    primary_cost: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct TenantCell {
+    calls: AtomicU64,
+    completed: AtomicU64,
+    degraded: AtomicU64,
+    calls_suspended: AtomicU64,
+    suspensions: AtomicU64,
+    resumes: AtomicU64,
+    awaiting: AtomicU64,
+    granted: AtomicU64,
+    denied: AtomicU64,
+    rejected: AtomicU64,
+    deadline_misses: AtomicU64,
+    latency: Histogram,
+    /// When the tenant's current degraded stretch began (ms + 1; 0: not degraded).
+    degraded_since: AtomicU64,
+    degraded_ms: AtomicU64,
+    open_episodes: AtomicU32,
+    would_degraded: AtomicU64,
+    would_suspended: AtomicU64,
+    would_approval: AtomicU64,
+    would_rejected: AtomicU64,
+    would_last: Mutex<Option<WouldBeDecision>>,
+    routes: ArcSwap<Vec<Arc<RouteCell>>>,
+}
+
+impl TenantCell {
+    fn route(&self, a: &AttemptRecord<'_>) -> Arc<RouteCell> {
+        let find = |v: &Vec<Arc<RouteCell>>| {
+            v.iter()
+                .find(|r| r.tier == a.tier && r.endpoint == a.endpoint)
+                .cloned()
+        };
+        if let Some(r) = find(&self.routes.load()) {
+            return r;
+        }
+        let mut out = None;
+        self.routes.rcu(|v| {
+            if let Some(r) = find(v) {
+                out = Some(r);
+                return Arc::clone(v);
+            }
+            let cell = Arc::new(RouteCell {
+                tier: a.tier,
+                tier_name: Arc::from(a.tier_name),
+                endpoint: a.endpoint,
+                attempts: AtomicU64::new(0),
+                degraded: AtomicU64::new(0),
+                outcomes: Default::default(),
+                latency: Histogram::default(),
+                input: AtomicU64::new(0),
+                output: AtomicU64::new(0),
+                cost: AtomicU64::new(0),
+                primary_cost: AtomicU64::new(0),
+            });
+            out = Some(Arc::clone(&cell));
+            let mut n = Vec::with_capacity(v.len() + 1);
+            n.extend(v.iter().cloned());
+            n.push(cell);
+            Arc::new(n)
+        });
+        // `rcu` ran the closure at least once, so `out` is set.
+        out.unwrap_or_else(|| {
+            Arc::new(RouteCell {
+                tier: a.tier,
+                tier_name: Arc::from(""),
+                endpoint: a.endpoint,
+                attempts: AtomicU64::new(0),
+                degraded: AtomicU64::new(0),
+                outcomes: Default::default(),
+                latency: Histogram::default(),
+                input: AtomicU64::new(0),
+                output: AtomicU64::new(0),
+                cost: AtomicU64::new(0),
+                primary_cost: AtomicU64::new(0),
+            })
+        })
+    }
+}
+
+/// An open degradation episode.
+#[derive(Debug, Clone)]
+struct Episode {
+    started: Timestamp,
+    audit_seq: Option<u64>,
+    lowest: Option<u32>,
+    calls: u64,
+    suspended: u64,
+    cost: f64,
+    primary_cost: f64,
+}
+
+impl Episode {
+    fn event(
+        &self,
+        tenant: &TenantId,
+        session: Option<&SessionId>,
+        end: Option<Timestamp>,
+        now: Timestamp,
+    ) -> DegradationEvent {
+        DegradationEvent {
+            tenant: tenant.clone(),
+            session: session.cloned(),
+            audit_seq: self.audit_seq,
+            started_at: self.started,
+            ended_at: end,
+            duration_ms: end
+                .unwrap_or(now)
+                .duration_since(self.started)
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+            lowest_tier: self.lowest,
+            calls_affected: self.calls,
+            calls_suspended: self.suspended,
+            cost_usd: self.cost,
+            primary_cost_usd: self.primary_cost,
+            cost_delta_usd: self.cost - self.primary_cost,
+        }
+    }
+}
+
+type EpisodeKey = (TenantId, Option<SessionId>);
+type Shard = RwLock<HashMap<TenantId, Arc<TenantCell>>>;
+
+/// The engine's statistics.
+#[derive(Debug)]
+pub(crate) struct Collector {
+    enabled: AtomicBool,
+    since: Timestamp,
+    hasher: DefaultHashBuilder,
+    shards: Box<[Shard]>,
+    unknown_tenant: AtomicU64,
+    episodes: Box<[Mutex<HashMap<EpisodeKey, Episode>>]>,
+    closed: Mutex<VecDeque<DegradationEvent>>,
+}
+
+impl Collector {
+    pub(crate) fn new(since: Timestamp, enabled: bool) -> Self {
+        Collector {
+            enabled: AtomicBool::new(enabled),
+            since,
+            hasher: DefaultHashBuilder::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            unknown_tenant: AtomicU64::new(0),
+            episodes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            closed: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Whether counting is on.
+    #[inline]
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(R)
+    }
+
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, R);
+    }
+
+    fn shard_index(&self, tenant: &TenantId) -> usize {
+        (self.hasher.hash_one(tenant.as_str()) as usize) % SHARDS
+    }
+
+    /// The tenant's cell, created on first sight.
+    fn tenant(&self, tenant: &TenantId) -> Option<Arc<TenantCell>> {
+        let shard = self.shards.get(self.shard_index(tenant))?;
+        if let Some(c) = shard.read().get(tenant.as_str()) {
+            return Some(Arc::clone(c));
+        }
+        Some(Arc::clone(
+            shard
+                .write()
+                .entry(tenant.clone())
+                .or_insert_with(|| Arc::new(TenantCell::default())),
+        ))
+    }
+
+    /// Runs `f` on the tenant's cell without cloning its `Arc` when it exists.
+    #[inline]
+    fn with_tenant(&self, tenant: &TenantId, f: impl FnOnce(&TenantCell)) {
+        if let Some(shard) = self.shards.get(self.shard_index(tenant)) {
+            if let Some(c) = shard.read().get(tenant.as_str()) {
+                f(c);
+                return;
+            }
+        }
+        if let Some(c) = self.tenant(tenant) {
+            f(&c);
+        }
+    }
+
+    /// Counts one attempt.
+    pub(crate) fn attempt(&self, tenant: &TenantId, a: &AttemptRecord<'_>) {
+        if !self.enabled() {
+            return;
+        }
+        self.with_tenant(tenant, |t| {
+            let routes = t.routes.load();
+            let found = routes
+                .iter()
+                .find(|r| r.tier == a.tier && r.endpoint == a.endpoint);
+            let owned;
+            let r = match found {
+                Some(r) => &**r,
+                None => {
+                    owned = t.route(a);
+                    &*owned
+                }
+            };
+            r.attempts.fetch_add(1, R);
+            if a.degraded {
+                r.degraded.fetch_add(1, R);
+            }
+            if let Some(o) = r.outcomes.get(class_index(a.class)) {
+                o.fetch_add(1, R);
+            }
+            r.latency.record(a.latency_ms);
+            if a.input_tokens > 0 {
+                r.input.fetch_add(a.input_tokens, R);
+            }
+            if a.output_tokens > 0 {
+                r.output.fetch_add(a.output_tokens, R);
+            }
+            add_f64(&r.cost, a.cost);
+            add_f64(&r.primary_cost, a.primary_cost);
+        });
+    }
+
+    /// Counts a call refused for an unknown tenant.
+    pub(crate) fn unknown_tenant(&self) {
+        if self.enabled() {
+            self.unknown_tenant.fetch_add(1, R);
+        }
+    }
+
+    /// Counts one ended call.
+    pub(crate) fn call(&self, tenant: &TenantId, c: &CallRecord<'_>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut episode_work = false;
+        self.with_tenant(tenant, |t| {
+            t.calls.fetch_add(1, R);
+            if let Some(ms) = c.latency_ms {
+                t.latency.record(ms);
+            }
+            if c.deadline_missed {
+                t.deadline_misses.fetch_add(1, R);
+            }
+            let now = c.now.as_millis();
+            let degraded_now = match c.ending {
+                Ending::Served { degraded, .. } => {
+                    t.completed.fetch_add(1, R);
+                    if degraded {
+                        t.degraded.fetch_add(1, R);
+                    }
+                    Some(degraded)
+                }
+                Ending::Suspended => {
+                    t.calls_suspended.fetch_add(1, R);
+                    Some(true)
+                }
+                Ending::AwaitingApproval => {
+                    t.awaiting.fetch_add(1, R);
+                    None
+                }
+                Ending::Rejected => {
+                    t.rejected.fetch_add(1, R);
+                    None
+                }
+            };
+            match degraded_now {
+                Some(true) => {
+                    let _ = t.degraded_since.compare_exchange(0, now + 1, R, R);
+                    episode_work = true;
+                }
+                Some(false) => {
+                    let since = t.degraded_since.swap(0, R);
+                    if since > 0 {
+                        t.degraded_ms.fetch_add(now.saturating_sub(since - 1), R);
+                    }
+                    episode_work = t.open_episodes.load(R) > 0;
+                }
+                None => {}
+            }
+        });
+        if episode_work {
+            self.episode(tenant, c);
+        }
+    }
+
+    fn episode(&self, tenant: &TenantId, c: &CallRecord<'_>) {
+        let key = (tenant.clone(), c.session.cloned());
+        let Some(shard) = self
+            .episodes
+            .get((self.hasher.hash_one(&key) as usize) % SHARDS)
+        else {
+            return;
+        };
+        let mut map = shard.lock();
+        match c.ending {
+            Ending::Served {
+                degraded: false, ..
+            } => {
+                if let Some(ep) = map.remove(&key) {
+                    drop(map);
+                    self.with_tenant(tenant, |t| {
+                        t.open_episodes.fetch_sub(1, R);
+                    });
+                    let ev = ep.event(tenant, c.session, Some(c.now), c.now);
+                    let mut closed = self.closed.lock();
+                    if closed.len() >= MAX_CLOSED {
+                        closed.pop_front();
+                    }
+                    closed.push_back(ev);
+                }
+            }
+            ending => {
+                let ep = map.entry(key).or_insert_with(|| {
+                    self.with_tenant(tenant, |t| {
+                        t.open_episodes.fetch_add(1, R);
+                    });
+                    Episode {
+                        started: c.now,
+                        audit_seq: c.audit_seq,
+                        lowest: None,
+                        calls: 0,
+                        suspended: 0,
+                        cost: 0.0,
+                        primary_cost: 0.0,
+                    }
+                });
+                match ending {
+                    Ending::Served { tier, .. } => {
+                        ep.calls += 1;
+                        ep.lowest = Some(ep.lowest.map_or(tier, |l| l.max(tier)));
+                        ep.cost += c.cost;
+                        ep.primary_cost += c.primary_cost;
+                    }
+                    _ => ep.suspended += 1,
+                }
+            }
+        }
+    }
+
+    /// Counts a new suspension (once per suspended session).
+    pub(crate) fn suspended(&self, tenant: &TenantId) {
+        if self.enabled() {
+            self.with_tenant(tenant, |t| {
+                t.suspensions.fetch_add(1, R);
+            });
+        }
+    }
+
+    /// Counts a resume.
+    pub(crate) fn resumed(&self, tenant: &TenantId) {
+        if self.enabled() {
+            self.with_tenant(tenant, |t| {
+                t.resumes.fetch_add(1, R);
+            });
+        }
+    }
+
+    /// Counts an approval answered.
+    pub(crate) fn approval(&self, tenant: &TenantId, granted: bool) {
+        if self.enabled() {
+            self.with_tenant(tenant, |t| {
+                if granted {
+                    t.granted.fetch_add(1, R);
+                } else {
+                    t.denied.fetch_add(1, R);
+                }
+            });
+        }
+    }
+
+    /// Counts what the policy would have done (`observe_only`), when it differs from the
+    /// primary.
+    pub(crate) fn would_be(
+        &self,
+        tenant: &TenantId,
+        decision: &Decision,
+        catalog: &Catalog,
+        now: Timestamp,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let (name, tier, endpoint) = match decision {
+            Decision::Route(r) if !r.degraded => return,
+            Decision::Route(r) => ("route", Some(r.tier), Some(r.endpoint)),
+            Decision::AwaitApproval {
+                proposed_tier,
+                proposed_endpoint,
+                ..
+            } => (
+                "await_approval",
+                Some(*proposed_tier),
+                Some(*proposed_endpoint),
+            ),
+            Decision::Suspend { .. } => ("suspend", None, None),
+            Decision::Reject { .. } => ("reject", None, None),
+        };
+        self.with_tenant(tenant, |t| {
+            match decision {
+                Decision::Route(_) => &t.would_degraded,
+                Decision::AwaitApproval { .. } => &t.would_approval,
+                Decision::Suspend { .. } => &t.would_suspended,
+                Decision::Reject { .. } => &t.would_rejected,
+            }
+            .fetch_add(1, R);
+            *t.would_last.lock() = Some(WouldBeDecision {
+                at: now,
+                decision: name.to_string(),
+                tier,
+                endpoint: endpoint
+                    .and_then(|e| catalog.try_endpoint(e))
+                    .map(|e| e.id.clone()),
+                reason: decision.reason().to_string(),
+            });
+        });
+    }
+
+    /// Takes a snapshot. `endpoints` come from the evaluator (health, transitions, signals);
+    /// their `attempts` are summed here.
+    pub(crate) fn snapshot(
+        &self,
+        now: Timestamp,
+        mode: EngineMode,
+        catalog: &Catalog,
+        mut endpoints: Vec<EndpointStats>,
+    ) -> StatsSnapshot {
+        let mut cells: Vec<(TenantId, Arc<TenantCell>)> = Vec::new();
+        for shard in &*self.shards {
+            let s = shard.read();
+            cells.reserve(s.len());
+            cells.extend(s.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+        }
+        // Not sorted: comparing 100,000 scattered tenant ids costs more than the rest of the
+        // snapshot (cache misses); `StatsSnapshot::sort_by_tenant` does it on demand.
+        let mut per_endpoint = vec![0u64; catalog.len()];
+        let tenants = cells
+            .iter()
+            .map(|(id, t)| tenant_stats(id, t, catalog, now, &mut per_endpoint))
+            .collect();
+        for (e, n) in endpoints.iter_mut().zip(&per_endpoint) {
+            e.attempts = *n;
+        }
+        let mut events: Vec<DegradationEvent> = self.closed.lock().iter().cloned().collect();
+        for shard in &*self.episodes {
+            let m = shard.lock();
+            events.extend(
+                m.iter()
+                    .map(|((t, s), ep)| ep.event(t, s.as_ref(), None, now)),
+            );
+        }
+        events.sort_by(|a, b| {
+            (a.started_at, &a.tenant, &a.session).cmp(&(b.started_at, &b.tenant, &b.session))
+        });
+        StatsSnapshot {
+            taken_at: now,
+            since: self.since,
+            mode,
+            unknown_tenant_calls: self.unknown_tenant.load(R),
+            tenants,
+            endpoints,
+            degradation_events: events,
+        }
+    }
+}
+
+fn tenant_stats(
+    id: &TenantId,
+    t: &TenantCell,
+    catalog: &Catalog,
+    now: Timestamp,
+    per_endpoint: &mut [u64],
+) -> TenantStats {
+    let routes_cells = t.routes.load();
+    let mut outcome_sum = [0u64; CLASSES];
+    let mut routes = Vec::with_capacity(routes_cells.len());
+    let (mut input, mut output, mut cost, mut primary) = (0u64, 0u64, 0.0f64, 0.0f64);
+    for r in routes_cells.iter() {
+        let oc = counts(&r.outcomes);
+        for (s, o) in outcome_sum.iter_mut().zip(oc) {
+            *s += o;
+        }
+        let attempts = r.attempts.load(R);
+        if let Some(n) = per_endpoint.get_mut(r.endpoint.0 as usize) {
+            *n += attempts;
+        }
+        let rc = load_f64(&r.cost);
+        let rp = load_f64(&r.primary_cost);
+        let (ri, ro) = (r.input.load(R), r.output.load(R));
+        input += ri;
+        output += ro;
+        cost += rc;
+        primary += rp;
+        routes.push(RouteStats {
+            tier: r.tier,
+            tier_name: Arc::clone(&r.tier_name),
+            endpoint: catalog
+                .try_endpoint(r.endpoint)
+                .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
+            attempts,
+            degraded: r.degraded.load(R),
+            outcomes: Outcomes::from_counts(oc),
+            latency: r.latency.percentiles(),
+            input_tokens: ri,
+            output_tokens: ro,
+            cost_usd: rc,
+            primary_cost_usd: rp,
+            saving_usd: rp - rc,
+        });
+    }
+    let since = t.degraded_since.load(R);
+    let live = if since > 0 {
+        now.as_millis().saturating_sub(since - 1)
+    } else {
+        0
+    };
+    let suspensions = t.suspensions.load(R);
+    let resumes = t.resumes.load(R);
+    TenantStats {
+        tenant: id.clone(),
+        calls: t.calls.load(R),
+        completed: t.completed.load(R),
+        degraded: t.degraded.load(R),
+        calls_suspended: t.calls_suspended.load(R),
+        suspensions,
+        resumes,
+        suspended_sessions: suspensions.saturating_sub(resumes),
+        awaiting_approval: t.awaiting.load(R),
+        approvals_granted: t.granted.load(R),
+        approvals_denied: t.denied.load(R),
+        rejected: t.rejected.load(R),
+        deadline_misses: t.deadline_misses.load(R),
+        outcomes: Outcomes::from_counts(outcome_sum),
+        latency: t.latency.percentiles(),
+        time_degraded_ms: t.degraded_ms.load(R) + live,
+        input_tokens: input,
+        output_tokens: output,
+        cost_usd: cost,
+        primary_cost_usd: primary,
+        saving_usd: primary - cost,
+        would_be: WouldBe {
+            degraded: t.would_degraded.load(R),
+            suspended: t.would_suspended.load(R),
+            awaiting_approval: t.would_approval.load(R),
+            rejected: t.would_rejected.load(R),
+            last: t.would_last.lock().clone(),
+        },
+        routes,
+    }
+}
