@@ -106,6 +106,7 @@ pub mod error;
 pub mod id;
 pub mod policy;
 pub mod router;
+pub mod sim;
 pub mod trigger;
 
 pub use audit::{
@@ -120,8 +121,8 @@ pub use checkpoint::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{
-    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, TriggerError,
-    ValidationReport,
+    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, SimError,
+    TriggerError, ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
 pub use trigger::{

@@ -39,7 +39,9 @@
 
 mod budget;
 mod client;
+mod record;
 mod result;
+mod shadow;
 mod shared;
 mod stream;
 
@@ -58,7 +60,9 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
 };
+pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
+pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
     PendingApproval, SharedHealthRecord,
@@ -243,6 +247,8 @@ struct Inner<P, O> {
     workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
     retry_budget: budget::RetryBudget,
     seed: u64,
+    recorder: Option<Arc<record::RecorderSlot>>,
+    shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
 }
 
 /// What the engine keeps per workflow.
@@ -290,6 +296,7 @@ pub struct EngineBuilder<P, O> {
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: u64,
+    recorder: Option<Arc<dyn Recorder>>,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -415,6 +422,8 @@ where
                 workflows: Mutex::new(HashMap::new()),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
+                recorder: self.recorder.map(record::RecorderSlot::new),
+                shadow: arc_swap::ArcSwapOption::empty(),
             }),
         })
     }
@@ -474,6 +483,7 @@ where
             clock: None,
             sleeper: None,
             seed: 0,
+            recorder: None,
         }
     }
 
@@ -712,7 +722,9 @@ where
                 ctx = ctx.approved_to(a);
             }
             let deadline = ctx.deadline;
-            match inner.router.route(&ctx, now) {
+            let decision = inner.router.route(&ctx, now);
+            self.shadow_compare(&ctx, &decision, now);
+            match decision {
                 Decision::Route(route) => {
                     if !attempts.is_empty()
                         && !inner.retry_budget.try_retry(&view.retry.budget, now)
@@ -805,9 +817,8 @@ where
         }
     }
 
-    /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
-    /// [`CallResult`].
-    pub async fn call(&self, call: Call<P>) -> CallResult<O> {
+    /// [`Engine::call`] without the recorder (see `record.rs`).
+    async fn call_unrecorded(&self, call: Call<P>) -> CallResult<O> {
         let start = self.inner.clock.now();
         let mut pre = match self.preflight(&call, start).await {
             Ok(p) => p,
@@ -924,6 +935,7 @@ where
         if let Some(b) = &view.tenant_triggers.budget {
             obs = obs.budget(b);
         }
+        self.record_observation(&obs);
         // An observation is only refused for an index outside the catalog or a bad cost, which
         // the engine never builds.
         let _ = inner.evaluator.observe(&obs, finished);
@@ -1865,6 +1877,7 @@ where
         if let Some(c) = c {
             obs = obs.classified(c);
         }
+        self.record_observation(&obs);
         inner.evaluator.observe(&obs, finished)?;
         Ok(Some(class))
     }
