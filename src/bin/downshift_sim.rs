@@ -66,8 +66,8 @@ pub(crate) fn simulate(
             }
         }
         if let Some(file) = audit {
-            if let Err(e) = std::fs::write(file, report.audit_jsonl()) {
-                eprintln!("downshift: {}: {e}", file.display());
+            if let Err(e) = report.write_audit(file) {
+                eprintln!("downshift: {e}");
                 return ExitCode::from(2);
             }
         }

@@ -707,16 +707,31 @@ impl Report {
         o
     }
 
-    /// The audit log as JSON lines (verifiable with `downshift audit verify`).
-    #[must_use]
-    pub fn audit_jsonl(&self) -> String {
-        let mut out = String::new();
-        for r in &self.audit_records {
-            if let Ok(line) = serde_json::to_string(r) {
-                out.push_str(&line);
-                out.push('\n');
+    /// Writes the run's audit log to `path` as a JSON-lines log (replacing any file there),
+    /// through [`JsonlAuditSink`](crate::audit::JsonlAuditSink): the same records, sealed the
+    /// same way, so `downshift audit verify` checks it.
+    ///
+    /// # Errors
+    /// [`SimError::Io`] or an [`AuditError`](crate::AuditError) of the sink.
+    pub fn write_audit(&self, path: &Path) -> Result<(), Error> {
+        use crate::audit::AuditSink as _;
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Sim(SimError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }));
             }
         }
-        out
+        let sink = crate::audit::JsonlAuditSink::open(path)?;
+        futures::executor::block_on(async {
+            for r in &self.audit_records {
+                sink.append(r.event.clone()).await?;
+            }
+            sink.close().await
+        })?;
+        Ok(())
     }
 }
