@@ -17,7 +17,8 @@ use downshift::audit::verify_file;
 use downshift::sim::{RunOptions, run_file};
 
 fn main() {
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scenarios/outage_drill.json");
+    let scenario =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scenarios/outage_drill.json");
     let report = match run_file(&scenario, RunOptions::default()) {
         Ok(r) => r,
         Err(e) => {
@@ -45,11 +46,17 @@ fn main() {
 
     let hospital_below_floor = report.timeline.rows.iter().any(|r| {
         r.tenant.as_str() == "hospital-network"
-            && r.cells.chars().any(|c| c.to_digit(10).is_some_and(|t| t > 1))
+            && r.cells
+                .chars()
+                .any(|c| c.to_digit(10).is_some_and(|t| t > 1))
     });
     println!(
         "The hospital never went below its floor (tier 1): {}",
-        if hospital_below_floor { "VIOLATED" } else { "held" }
+        if hospital_below_floor {
+            "VIOLATED"
+        } else {
+            "held"
+        }
     );
     if !report.passed {
         std::process::exit(1);

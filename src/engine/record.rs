@@ -90,6 +90,9 @@ pub enum Recorded {
         endpoint: EndpointId,
         /// The tenant (`downshift-probe` for the platform's probes).
         tenant: TenantId,
+        /// The session, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionId>,
         /// When the attempt was sent.
         started: Timestamp,
         /// How long it took, ms.
@@ -439,6 +442,7 @@ where
         rec.record(Recorded::Observation {
             endpoint,
             tenant: obs.tenant.clone(),
+            session: obs.session.cloned(),
             started: obs.started,
             latency_ms: ms(obs.latency),
             outcome: obs.outcome,

@@ -52,6 +52,8 @@ pub(crate) struct RecCall {
 
 #[derive(Debug, Clone)]
 struct RecObs {
+    tenant: TenantId,
+    session: Option<SessionId>,
     started: u64,
     latency_ms: u64,
     outcome: OutcomeClass,
@@ -141,6 +143,8 @@ impl Recording {
                 }
                 Recorded::Observation {
                     endpoint,
+                    tenant,
+                    session,
                     started,
                     latency_ms,
                     outcome,
@@ -151,6 +155,8 @@ impl Recording {
                     output_tokens,
                     ..
                 } => r.obs.entry(endpoint).or_default().push(RecObs {
+                    tenant,
+                    session,
                     started: started.as_millis(),
                     latency_ms,
                     outcome,
@@ -247,7 +253,7 @@ pub(crate) struct ReplayProviders {
     rec: Arc<Recording>,
     time: VirtualTime,
     base: Arc<ScriptedProviders>,
-    used: Mutex<HashMap<(EndpointId, u64), usize>>,
+    used: Mutex<HashMap<(EndpointId, u64, Option<SessionId>), usize>>,
 }
 
 impl std::fmt::Debug for ReplayProviders {
@@ -270,16 +276,32 @@ impl ReplayProviders {
         }
     }
 
-    fn answer(&self, endpoint: &EndpointId, now: u64) -> Option<RecObs> {
+    /// The recorded answer to this attempt: the same endpoint, moment, tenant and session
+    /// (observations are recorded as answers arrive, so the order among attempts sent at the
+    /// same moment is not the order they were sent in).
+    fn answer(
+        &self,
+        endpoint: &EndpointId,
+        now: u64,
+        tenant: &str,
+        session: Option<&SessionId>,
+    ) -> Option<RecObs> {
         let list = self.rec.obs.get(endpoint)?;
         let lo = list.partition_point(|o| o.started < now);
         let hi = list.partition_point(|o| o.started <= now);
         let mut used = self.used.lock();
-        let k = used.entry((endpoint.clone(), now)).or_default();
-        if lo + *k < hi {
-            let o = list.get(lo + *k).cloned();
+        let k = used
+            .entry((endpoint.clone(), now, session.cloned()))
+            .or_default();
+        let same: Vec<&RecObs> = list
+            .get(lo..hi)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|o| o.tenant.as_str() == tenant && o.session.as_ref() == session)
+            .collect();
+        if let Some(o) = same.get(*k) {
             *k += 1;
-            return o;
+            return Some((*o).clone());
         }
         // Nothing recorded at this moment: the latest answer of the last minute.
         if lo > 0 {
@@ -297,6 +319,8 @@ impl ReplayProviders {
             .collect();
         ok.sort_unstable();
         Some(RecObs {
+            tenant: TenantId::new(tenant),
+            session: None,
             started: now,
             latency_ms: ok.get(ok.len() / 2).copied().unwrap_or(2_000),
             outcome: OutcomeClass::Ok,
@@ -317,15 +341,34 @@ impl ModelClient for ReplayProviders {
             endpoint: req.endpoint_idx,
             probe: req.probe,
         });
-        let o = self.answer(&req.endpoint, now).unwrap_or(RecObs {
-            started: now,
-            latency_ms: 2_000,
-            outcome: OutcomeClass::Ok,
-            retry_after_ms: None,
-            reset_at: None,
-            rate_limit: None,
-            usage: TokenUsage::default(),
-        });
+        let (tenant, session) = if req.probe {
+            ("downshift-probe".to_string(), None)
+        } else {
+            (
+                req.payload
+                    .get("tenant")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                req.payload
+                    .get("session")
+                    .and_then(Value::as_str)
+                    .map(SessionId::new),
+            )
+        };
+        let o = self
+            .answer(&req.endpoint, now, &tenant, session.as_ref())
+            .unwrap_or(RecObs {
+                tenant: TenantId::new(tenant.as_str()),
+                session: None,
+                started: now,
+                latency_ms: 2_000,
+                outcome: OutcomeClass::Ok,
+                retry_after_ms: None,
+                reset_at: None,
+                rate_limit: None,
+                usage: TokenUsage::default(),
+            });
         self.time.sleep(Duration::from_millis(o.latency_ms)).await;
         if o.outcome == OutcomeClass::Ok {
             let usage = if o.usage == TokenUsage::default() {

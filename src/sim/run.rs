@@ -673,6 +673,8 @@ pub(crate) fn execute(
                     json!({
                         "input_tokens": c.input_tokens,
                         "output_tokens": c.output_tokens,
+                        "tenant": c.tenant.as_str(),
+                        "session": c.session.as_ref().map(|s| s.as_str()),
                     }),
                 )
                 .requirements(Requirements {
