@@ -58,7 +58,6 @@ impl VirtualTime {
     }
 
     /// A future completing once virtual time reaches `now + d`.
-    #[must_use]
     pub fn sleep(&self, d: Duration) -> Sleep {
         let due = self.now().saturating_add(d).as_millis();
         Sleep {

@@ -248,12 +248,15 @@ impl Recording {
     }
 }
 
+/// An attempt: endpoint, moment (ms), session.
+type AttemptKey = (EndpointId, u64, Option<SessionId>);
+
 /// Providers answering as recorded.
 pub(crate) struct ReplayProviders {
     rec: Arc<Recording>,
     time: VirtualTime,
     base: Arc<ScriptedProviders>,
-    used: Mutex<HashMap<(EndpointId, u64, Option<SessionId>), usize>>,
+    used: Mutex<HashMap<AttemptKey, usize>>,
 }
 
 impl std::fmt::Debug for ReplayProviders {

@@ -260,7 +260,7 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
             cells,
         });
     }
-    transitions.sort_by(|a, b| a.at.cmp(&b.at));
+    transitions.sort_by_key(|t| t.at);
     // Events.
     let mut events = Vec::new();
     for r in &raw.audit {

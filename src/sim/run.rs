@@ -872,6 +872,7 @@ fn engine_now(engine: &Engine) -> Timestamp {
 
 /// The platform's orchestrator, once per tick: provider signals, half-open probes, approvals,
 /// resumes.
+#[allow(clippy::too_many_arguments)]
 async fn orchestrate(
     engine: Engine,
     windows: Rc<Vec<Window>>,
