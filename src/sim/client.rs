@@ -177,9 +177,36 @@ fn to_error(r: &HttpResponse) -> ModelError {
     ModelError::from_http(r.status, &headers, &body)
 }
 
+/// The provider's answer to a request larger than its context window, when the engine did not
+/// ask for it to be fitted (OpenAI's shape).
+fn too_long(window: u32, asked: u64) -> HttpResponse {
+    HttpResponse {
+        status: 400,
+        headers: [("content-type".to_string(), "application/json".to_string())]
+            .into_iter()
+            .collect(),
+        body: json!({"error": {"message": format!("This model's maximum context length is {window} tokens. However, your messages resulted in {asked} tokens. Please reduce the length of the messages."), "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+    }
+}
+
+/// The tokens a request sends: as asked, or fitted to the window when the engine asks for it
+/// (the context is cut to the window minus the reserved output); `Err` when it does not fit.
+fn fitted(req: &ModelRequest<Value>) -> Result<TokenUsage, ModelError> {
+    let mut u = usage_of(&req.payload);
+    let window = u64::from(req.context_window);
+    if window > 0 && u.input_tokens + u.output_tokens > window {
+        if !req.fit_context {
+            return Err(to_error(&too_long(req.context_window, u.input_tokens + u.output_tokens)));
+        }
+        u.input_tokens = window.saturating_sub(u.output_tokens);
+    }
+    Ok(u)
+}
+
 #[async_trait]
 impl ModelClient for ScriptedProviders {
     async fn call(&self, req: ModelRequest<Value>) -> Result<ModelResponse<Value>, ModelError> {
+        let usage = fitted(&req)?;
         match self.plan(req.endpoint_idx, req.probe) {
             Plan::Fail(latency, r) => {
                 self.time.sleep(latency).await;
@@ -189,10 +216,8 @@ impl ModelClient for ScriptedProviders {
                 latency, headers, ..
             } => {
                 self.time.sleep(latency).await;
-                let mut resp = ModelResponse::new(
-                    json!({"endpoint": req.endpoint.as_str()}),
-                    usage_of(&req.payload),
-                );
+                let mut resp =
+                    ModelResponse::new(json!({"endpoint": req.endpoint.as_str()}), usage);
                 resp.headers = headers;
                 Ok(resp)
             }
@@ -203,6 +228,7 @@ impl ModelClient for ScriptedProviders {
         &self,
         req: ModelRequest<Value>,
     ) -> Result<ChunkStream<Value>, ModelError> {
+        let usage = fitted(&req)?;
         let (latency, cut) = match self.plan(req.endpoint_idx, req.probe) {
             Plan::Fail(latency, r) => {
                 self.time.sleep(latency).await;
@@ -210,7 +236,6 @@ impl ModelClient for ScriptedProviders {
             }
             Plan::Answer { latency, cut, .. } => (latency, cut),
         };
-        let usage = usage_of(&req.payload);
         let chunks: u32 = 8;
         let step = latency / chunks;
         let time = self.time.clone();

@@ -249,3 +249,53 @@ impl Executor {
         self.time.advance_to(t);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex as PMutex;
+
+    #[test]
+    fn tasks_wake_in_order_of_due_time_then_creation_and_the_clock_jumps_to_each() {
+        let time = VirtualTime::new(Timestamp::from_millis(1_000));
+        let mut exec = Executor::new(time.clone());
+        let log = Arc::new(PMutex::new(Vec::new()));
+        for (name, ms) in [("c", 300u64), ("a", 100), ("b", 300), ("z", 0)] {
+            let (t, log) = (time.clone(), Arc::clone(&log));
+            exec.spawn(async move {
+                t.sleep(Duration::from_millis(ms)).await;
+                log.lock().push((name, t.now().as_millis()));
+            });
+        }
+        exec.run_ready();
+        while let Some(due) = exec.next_due() {
+            exec.advance(Timestamp::from_millis(due));
+            exec.run_ready();
+        }
+        assert_eq!(exec.live(), 0);
+        assert_eq!(
+            *log.lock(),
+            [("z", 1_000), ("a", 1_100), ("c", 1_300), ("b", 1_300)]
+        );
+    }
+
+    #[test]
+    fn a_dropped_sleep_leaves_no_timer_behind() {
+        let time = VirtualTime::new(Timestamp::from_millis(0));
+        let mut exec = Executor::new(time.clone());
+        let t = time.clone();
+        exec.spawn(async move {
+            let long = t.sleep(Duration::from_secs(60));
+            let short = t.sleep(Duration::from_secs(1));
+            // The short one wins the race; the long one is dropped.
+            futures::pin_mut!(long, short);
+            let _ = futures::future::select(short, long).await;
+        });
+        exec.run_ready();
+        assert_eq!(exec.next_due(), Some(1_000));
+        exec.advance(Timestamp::from_millis(1_000));
+        exec.run_ready();
+        assert_eq!(exec.live(), 0);
+        assert_eq!(exec.next_due(), None);
+    }
+}

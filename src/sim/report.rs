@@ -226,12 +226,15 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
     let mut pairs: Vec<(usize, usize)> = raw.calls.iter().map(|c| (c.tenant, c.task)).collect();
     pairs.sort_unstable();
     pairs.dedup();
+    let counts = bucket_counts(raw, start.as_millis(), bucket, n);
     for (ti, ki) in pairs {
         let mut cells = String::new();
+        let row = counts.get(&(ti, ki));
         for b in 0..n {
             let lo = start.as_millis() + b as u64 * bucket;
             let hi = lo + bucket;
-            cells.push(cell(raw, ti, ki, lo, hi));
+            let c = row.and_then(|r| r.get(b)).copied().unwrap_or([0; 14]);
+            cells.push(cell(raw, ti, ki, &c, lo, hi));
         }
         let (Some(tenant), Some(task)) = (raw.tenants.get(ti), raw.tasks.get(ki)) else {
             continue;
@@ -357,29 +360,43 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
     })
 }
 
-/// The character of one timeline bucket.
-fn cell(raw: &Raw, ti: usize, ki: usize, lo: u64, hi: u64) -> char {
-    let mut tiers = [0u32; 10];
-    let (mut s, mut a, mut r, mut i) = (0u32, 0u32, 0u32, 0u32);
-    for c in raw
-        .calls
-        .iter()
-        .filter(|c| c.tenant == ti && c.task == ki && c.start >= lo && c.start < hi)
-    {
-        match c.outcome {
-            Outcome::Served { tier, .. } => {
-                if let Some(x) = tiers.get_mut(tier.min(9) as usize) {
-                    *x += 1;
-                }
-            }
-            Outcome::Suspended => s += 1,
-            Outcome::Awaiting => a += 1,
-            Outcome::Rejected { .. } => r += 1,
-            Outcome::Interrupted => i += 1,
+/// Outcome counts of one timeline bucket: tiers 0-9, then suspended, awaiting, rejected,
+/// interrupted.
+type Counts = [u32; 14];
+
+/// Counts every call once, per (tenant, task) and bucket.
+fn bucket_counts(
+    raw: &Raw,
+    start: u64,
+    bucket: u64,
+    n: usize,
+) -> std::collections::HashMap<(usize, usize), Vec<Counts>> {
+    let mut out: std::collections::HashMap<(usize, usize), Vec<Counts>> =
+        std::collections::HashMap::new();
+    for c in &raw.calls {
+        let b = (c.start.saturating_sub(start) / bucket) as usize;
+        let row = out
+            .entry((c.tenant, c.task))
+            .or_insert_with(|| vec![[0; 14]; n]);
+        let Some(cell) = row.get_mut(b) else { continue };
+        let k = match c.outcome {
+            Outcome::Served { tier, .. } => tier.min(9) as usize,
+            Outcome::Suspended => 10,
+            Outcome::Awaiting => 11,
+            Outcome::Rejected { .. } => 12,
+            Outcome::Interrupted => 13,
+        };
+        if let Some(x) = cell.get_mut(k) {
+            *x += 1;
         }
     }
+    out
+}
+
+/// The character of one timeline bucket.
+fn cell(raw: &Raw, ti: usize, ki: usize, counts: &Counts, lo: u64, hi: u64) -> char {
     let mut best: Option<(u32, usize)> = None;
-    for (t, &n) in tiers.iter().enumerate() {
+    for (t, &n) in counts.iter().take(10).enumerate() {
         if n > 0 && best.is_none_or(|(m, _)| n >= m) {
             best = Some((n, t));
         }
@@ -392,6 +409,7 @@ fn cell(raw: &Raw, ti: usize, ki: usize, lo: u64, hi: u64) -> char {
             .iter()
             .any(|w| w.0 == ti && w.1 == ki && w.2 == k && w.3 < hi && w.4 > lo)
     };
+    let [.., s, a, r, i] = *counts;
     if s > 0 || waiting('S') {
         'S'
     } else if a > 0 || waiting('A') {

@@ -489,6 +489,8 @@ pub(crate) fn execute(
     let approvers = Rc::new(approvers);
     let windows = Rc::new(windows);
     let mut waits: Vec<(usize, usize, char, u64, u64)> = Vec::new();
+    // Sessions awaiting an approval answer.
+    let mut waiting: BTreeSet<usize> = BTreeSet::new();
     let mut by_id: BTreeMap<SessionId, usize> = BTreeMap::new();
     for (i, s) in sessions.iter().enumerate() {
         by_id.insert(s.id.clone(), i);
@@ -542,6 +544,7 @@ pub(crate) fn execute(
                                 s.waiting_since = Some(('S', now));
                             }
                             Outcome::Awaiting => {
+                                waiting.insert(sess);
                                 s.state = State::Waiting(ticket.unwrap_or(0));
                                 s.waiting_since = Some(('A', now));
                             }
@@ -558,6 +561,15 @@ pub(crate) fn execute(
                                     .max(now);
                                 if s.steps_left == Some(0) || next >= s.until {
                                     s.state = State::Done;
+                                    // The platform cleans up a finished session.
+                                    let id = s.id.clone();
+                                    engine.forget_session(&id);
+                                    let store = engine.checkpoints();
+                                    futures::executor::block_on(async {
+                                        if let Ok(Some(cp)) = store.load(&id).await {
+                                            let _ = store.delete(&id, cp.version).await;
+                                        }
+                                    });
                                 } else {
                                     s.state = State::Scheduled;
                                     schedule(&mut agenda, next, sess);
@@ -579,9 +591,12 @@ pub(crate) fn execute(
                         }
                     }
                     Msg::Tick { pending } => {
-                        for (i, s) in sessions.iter_mut().enumerate() {
+                        let ids: Vec<usize> = waiting.iter().copied().collect();
+                        for i in ids {
+                            let Some(s) = sessions.get_mut(i) else { continue };
                             if let State::Waiting(ticket) = s.state {
                                 if !pending.contains(&ticket) {
+                                    waiting.remove(&i);
                                     if let Some((k, since)) = s.waiting_since.take() {
                                         waits.push((s.tenant, s.task, k, since, t));
                                     }
