@@ -94,7 +94,9 @@ fn a_metric_without_bounds_is_refused() {
 fn an_unknown_field_is_a_parse_error_with_line_and_path() {
     let text = scenario(r#""workload":[{"tenant":"fintech","task":"summarization","sesions":1}]"#);
     match run_text(&text) {
-        Err(Error::Sim(SimError::Parse { at, line, message, .. })) => {
+        Err(Error::Sim(SimError::Parse {
+            at, line, message, ..
+        })) => {
             assert_eq!(at, "workload[0].sesions");
             assert_eq!(line, 1);
             assert!(message.contains("sesions"), "{message}");

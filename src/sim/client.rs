@@ -196,7 +196,10 @@ fn fitted(req: &ModelRequest<Value>) -> Result<TokenUsage, ModelError> {
     let window = u64::from(req.context_window);
     if window > 0 && u.input_tokens + u.output_tokens > window {
         if !req.fit_context {
-            return Err(to_error(&too_long(req.context_window, u.input_tokens + u.output_tokens)));
+            return Err(to_error(&too_long(
+                req.context_window,
+                u.input_tokens + u.output_tokens,
+            )));
         }
         u.input_tokens = window.saturating_sub(u.output_tokens);
     }

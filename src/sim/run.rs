@@ -593,7 +593,9 @@ pub(crate) fn execute(
                     Msg::Tick { pending } => {
                         let ids: Vec<usize> = waiting.iter().copied().collect();
                         for i in ids {
-                            let Some(s) = sessions.get_mut(i) else { continue };
+                            let Some(s) = sessions.get_mut(i) else {
+                                continue;
+                            };
                             if let State::Waiting(ticket) = s.state {
                                 if !pending.contains(&ticket) {
                                     waiting.remove(&i);
