@@ -2,13 +2,15 @@
 //!
 //! downshift performs no network I/O: you bring the HTTP client (reqwest, hyper...), here behind a
 //! small `HttpTransport` trait. Shown: the request from `ModelRequest`, the deadline as a timeout,
-//! the answer, usage and headers back, every failure classified; a canned transport replays real
+//! the answer, usage and headers back, every failure classified, and an engine-fitted
+//! `AgentState` (`ModelRequest::context`) rendered as chat messages; a canned transport replays real
 //! provider responses through an `Engine` over `examples/policies`. Run it with
 //! `cargo run --example openai_compatible_client`.
 
 use std::{collections::HashMap, io::ErrorKind, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use downshift::checkpoint::{AgentState, Message, Role};
 use downshift::engine::{
     Call, CallResult, Chunk, ChunkStream, Engine, FinishReason, ModelClient, ModelError,
     ModelRequest, ModelResponse, StreamEvent, TokenUsage,
@@ -55,6 +57,16 @@ impl<T: HttpTransport> OpenAiCompatible<T> {
         let mut body = req.payload.clone();
         if let Some(o) = body.as_object_mut() {
             o.insert("model".into(), json!(req.model));
+            // An agent state (fitted to this endpoint by the engine) replaces the payload's messages.
+            if let Some(state) = &req.context {
+                o.insert("messages".into(), chat_messages(state));
+                if !state.tools.is_empty() {
+                    o.insert("tools".into(), chat_tools(state));
+                }
+                if state.json_mode {
+                    o.insert("response_format".into(), json!({"type": "json_object"}));
+                }
+            }
             if stream {
                 o.insert("stream".into(), json!(true));
                 o.insert("stream_options".into(), json!({"include_usage": true}));
@@ -85,6 +97,67 @@ impl<T: HttpTransport> OpenAiCompatible<T> {
     }
 }
 
+/// The provider-neutral state as OpenAI chat messages: system messages first, then the goal,
+/// plan, findings and rolling summary as one more system message, then the conversation with
+/// tool calls and results paired by id.
+fn chat_messages(state: &AgentState) -> Value {
+    let mut out: Vec<Value> = state
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| json!({"role": "system", "content": m.content}))
+        .collect();
+    let mut brief = format!("Goal: {}", state.goal);
+    if let Some(step) = &state.current_step {
+        brief.push_str(&format!("\nCurrent step: {}", step.description));
+    }
+    for f in &state.findings {
+        brief.push_str(&format!("\nFinding: {f}"));
+    }
+    if let Some(s) = &state.summary {
+        brief.push_str(&format!("\nSummary of earlier conversation: {}", s.text));
+    }
+    out.push(json!({"role": "system", "content": brief}));
+    out.extend(
+        state
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(chat_message),
+    );
+    Value::Array(out)
+}
+
+fn chat_message(m: &Message) -> Value {
+    match m.role {
+        Role::Tool => json!({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}),
+        Role::Assistant if !m.tool_calls.is_empty() => {
+            let calls: Vec<Value> = m
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments.to_string()}})
+                })
+                .collect();
+            json!({"role": "assistant", "content": null, "tool_calls": calls})
+        }
+        Role::Assistant => json!({"role": "assistant", "content": m.content}),
+        _ => json!({"role": "user", "content": m.content}),
+    }
+}
+
+fn chat_tools(state: &AgentState) -> Value {
+    state
+        .tools
+        .iter()
+        .map(|t| {
+            json!({"type": "function", "function":
+        {"name": t.name, "description": t.description, "parameters": t.parameters}})
+        })
+        .collect()
+}
+
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer)?.as_str()
 }
@@ -110,6 +183,12 @@ impl<T: HttpTransport> ModelClient<Value, String> for OpenAiCompatible<T> {
             usage: usage_of(&v).unwrap_or_default(),
             headers, // passed through to the caller in `Completed::response`
         })
+    }
+
+    /// The answer's text: lets the engine write summaries when it fits a context to a smaller
+    /// window, and diff replayed steps.
+    fn output_text(&self, output: &String) -> Option<String> {
+        Some(output.clone())
     }
 
     /// A sketch: the canned transport hands over the whole `text/event-stream` body at once; a
@@ -284,6 +363,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report("the vendor throttles (429, retry-after 20s)", &r);
         let r = engine.call(copy("One more")).await;
         report("the next call skips the throttled vendor", &r);
+
+        // An agent session: the engine sizes it, checks tool support, fits it to the endpoint,
+        // and the client renders it (see `chat_messages`).
+        let mut state = AgentState::new("Write three subject lines for the spring sale");
+        state
+            .messages
+            .push(Message::system("You are a copywriter."));
+        state
+            .messages
+            .push(Message::user("Keep them under 50 characters."));
+        let r = engine.call(copy("").agent_state(state)).await;
+        report("an agent state, rendered as chat messages", &r);
 
         let sse = &[("content-type", "text/event-stream")];
         canned.then((None, 200, sse, SSE_CUT));

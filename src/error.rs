@@ -216,6 +216,29 @@ pub enum CheckpointError {
         /// Why.
         reason: String,
     },
+    /// An agent state was written in a schema version this release does not read (a newer
+    /// release wrote it): upgrade before loading it.
+    #[error(
+        "{place}: the agent state has schema version {found}; this release reads versions 1 to {supported}: upgrade downshift to load it"
+    )]
+    UnsupportedStateVersion {
+        /// Where the state came from (`session `s-1``, or `agent state`).
+        place: String,
+        /// The version found.
+        found: u64,
+        /// The newest version this release reads.
+        supported: u32,
+    },
+    /// An agent state does not match its schema.
+    #[error("{place}: invalid agent state at {path}: {reason}")]
+    InvalidState {
+        /// Where the state came from.
+        place: String,
+        /// The JSON path of the offending value.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Errors from the audit log.

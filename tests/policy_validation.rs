@@ -966,3 +966,121 @@ fn a_tenant_turning_off_suspension_notices_is_widening() {
         "cannot turn that off",
     );
 }
+
+#[test]
+fn summarize_at_must_be_a_fraction() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/summarize_at",
+        json!(1.5),
+    );
+    let p = only_error(&check(&files), ProblemCode::InvalidValue);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.continuity.summarize_at",
+        "must be a fraction greater than 0 and at most 1, got 1.5",
+    );
+}
+
+#[test]
+fn max_summary_calls_must_be_at_least_one() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/max_summary_calls",
+        json!(0),
+    );
+    let p = only_error(&check(&files), ProblemCode::InvalidValue);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.continuity.max_summary_calls",
+        "must be at least 1",
+    );
+}
+
+#[test]
+fn the_summarizer_must_be_a_tier_of_the_ladder() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/summarizer",
+        json!("summariser"),
+    );
+    let p = only_error(&check(&files), ProblemCode::UnknownTier);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.continuity.summarizer",
+        "the summarizer tier `summariser` is not in the ladder",
+    );
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/summarizer",
+        json!(" "),
+    );
+    let report = check(&files);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.path == "$.continuity.summarizer" && p.message.contains("must name a tier")),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_required_summary_needs_a_summarizer() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/require_summary",
+        json!(true),
+    );
+    let p = only_error(&check(&files), ProblemCode::InvalidValue);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.continuity.require_summary",
+        "no `continuity.summarizer` tier is named",
+    );
+}
+
+#[test]
+fn unknown_continuity_settings_are_errors() {
+    let mut files = base();
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/non_portable",
+        json!("keep"),
+    );
+    let report = check(&files);
+    assert!(report.has_errors(), "{report}");
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/non_portable",
+        json!("pin"),
+    );
+    set(
+        &mut files,
+        "acme.json",
+        "/continuity/checkpoint/every_step",
+        json!(3),
+    );
+    let p = only_error(&check(&files), ProblemCode::UnknownField);
+    assert_problem(
+        &p,
+        "acme.json",
+        "$.continuity.checkpoint.every_step",
+        "unknown field",
+    );
+}

@@ -1,5 +1,6 @@
 //! The committed JSON Schemas match what the code generates.
 
+use downshift::checkpoint::agent_state_schema;
 use downshift::policy::schema::{catalog_schema, policy_schema};
 
 fn check(path: &str, generated: String) {
@@ -14,6 +15,8 @@ fn check(path: &str, generated: String) {
          (or run the tests with DOWNSHIFT_BLESS=1)",
         if path.contains("catalog") {
             "catalog"
+        } else if path.contains("agent_state") {
+            "agent-state"
         } else {
             "policy"
         }
@@ -35,6 +38,11 @@ fn the_schema_rejects_unknown_fields() {
     let s: serde_json::Value = serde_json::from_str(&policy_schema()).unwrap();
     assert_eq!(s["additionalProperties"], serde_json::json!(false));
     assert!(s["properties"]["constraints"].is_object());
+}
+
+#[test]
+fn the_committed_agent_state_schema_is_current() {
+    check("docs/agent_state.schema.json", agent_state_schema());
 }
 
 #[test]

@@ -51,7 +51,7 @@ use crate::checkpoint::{CheckpointRef, TierAt};
 use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
 use crate::error::AuditError;
-use crate::id::{LayerId, SessionId, TaskKind, TenantId, WorkflowId};
+use crate::id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::trigger::TriggerRecord;
 
 mod canonical;
@@ -100,6 +100,19 @@ pub enum ReplayOutcome {
     Differs,
     /// The re-run could not be completed.
     Failed,
+}
+
+/// How a context was made to fit its target (see `docs/continuity.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextStrategy {
+    /// Only non-portable items of another provider were removed.
+    Strip,
+    /// Old messages were dropped (no summary was written: none configured, or it failed and
+    /// the policy does not require one).
+    Drop,
+    /// Old messages were dropped and a summary of them written in their place.
+    Summarize,
 }
 
 /// What happened. Serialized under the record's `event` key with a `type` tag, e.g.
@@ -187,6 +200,15 @@ pub enum AuditEventKind {
         messages_dropped: u32,
         /// Whether a summary replaced older messages.
         summarized: bool,
+        /// How the context was made to fit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        strategy: Option<ContextStrategy>,
+        /// The endpoint that wrote the summary, when one was written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summarizer: Option<EndpointId>,
+        /// SHA-256 of the dropped messages' canonical JSON (a reference, never the content).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dropped_digest: Option<ContentDigest>,
     },
     /// A step served degraded was re-run on the original tier and compared.
     ReplayResult {

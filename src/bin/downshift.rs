@@ -155,6 +155,8 @@ enum SchemaKind {
     Catalog,
     /// A simulation scenario file.
     Scenario,
+    /// The agent state a checkpoint holds.
+    AgentState,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +198,7 @@ fn main() -> ExitCode {
                 SchemaKind::Policy => policy::schema::policy_schema(),
                 SchemaKind::Catalog => policy::schema::catalog_schema(),
                 SchemaKind::Scenario => downshift::sim::scenario_schema(),
+                SchemaKind::AgentState => downshift::checkpoint::agent_state_schema(),
             };
             print!("{s}");
             ExitCode::SUCCESS

@@ -59,10 +59,19 @@ use crate::trigger::TriggerRecord;
 
 pub mod conformance;
 mod file;
+mod fit;
 mod memory;
+mod state;
+mod tokens;
 
 pub use file::{FileCheckpointStore, FileStoreOptions};
+pub use fit::{Dropped, FitPolicy, FitReport, Fitted, fit};
 pub use memory::MemoryCheckpointStore;
+pub use state::{
+    AGENT_STATE_SCHEMA_VERSION, AgentState, CompletedStep, Message, NonPortable, OutputRef,
+    Provenance, Role, Step, Summary, ToolCall, ToolSpec, agent_state_schema,
+};
+pub use tokens::{HeuristicCounter, TokenCounter, estimate};
 
 /// A position on a tenant's tier ladder: the tier's index (0 = primary), its name, and the
 /// endpoint in use there, if one was chosen.
@@ -312,6 +321,19 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+
+    /// The agent state held, read as an [`AgentState`] (`None` when the state is JSON `null`,
+    /// i.e. the caller gave none).
+    ///
+    /// # Errors
+    /// [`CheckpointError::UnsupportedStateVersion`] for a state written by a newer release,
+    /// [`CheckpointError::InvalidState`] for one that is not an agent state.
+    pub fn agent_state(&self) -> Result<Option<AgentState>, CheckpointError> {
+        if self.state.is_null() {
+            return Ok(None);
+        }
+        AgentState::from_json(self.state.clone(), Some(&self.session)).map(Some)
     }
 
     /// Whether the session is suspended.

@@ -2,6 +2,7 @@
 //! notices, and [`Sleeper`] for waiting without tying the crate to a runtime (with the `tokio`
 //! feature, [`TokioSleeper`] is one).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 
 use crate::catalog::EndpointIdx;
+use crate::checkpoint::AgentState;
 use crate::clock::Timestamp;
 use crate::id::{EndpointId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::router::ApprovalTicket;
@@ -33,8 +35,10 @@ pub struct ModelRequest<P> {
     pub attempt: u32,
     /// This call is a half-open probe of a recovering endpoint.
     pub probe: bool,
-    /// The payload does not fit this endpoint's context window as is and the policy allows
-    /// fitting it: the client (or a later continuity layer) must fit it to `context_window`.
+    /// The payload does not fit this endpoint's context window as is and no
+    /// [`context`](ModelRequest::context) was fitted for it. The engine does not send such a
+    /// request (it ends the call per `continuity.on_unfittable`), so a client sees `false`;
+    /// kept so a client may still assert it.
     pub fit_context: bool,
     /// The endpoint's context window, in tokens.
     pub context_window: u32,
@@ -44,6 +48,34 @@ pub struct ModelRequest<P> {
     /// assistant message to continue, or a provider's prefill), and stream only the new text:
     /// the caller already has the partial output. `None` on every other call.
     pub continue_from: Option<String>,
+    /// The conversation to send, when the call carries an [`AgentState`]
+    /// ([`Call::agent_state`](super::Call::agent_state)) or the engine makes the call itself (a
+    /// summary, a replay): render its system prompt, goal, summary, messages (tool calls and
+    /// results paired by id) and tools into the provider's format **instead of** the messages
+    /// in the payload, and keep the payload's other settings. It is already fitted to this
+    /// endpoint's window (and stripped of other providers' non-portable items): the engine
+    /// never sends a state that does not fit. `None`: send the payload as it is.
+    pub context: Option<Arc<AgentState>>,
+    /// Why the engine makes this call.
+    pub purpose: Purpose,
+}
+
+/// Why the engine makes a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A step of the caller's agent (the caller's own call).
+    #[default]
+    Step,
+    /// A summary of dropped messages, made by the engine while fitting a context to a smaller
+    /// window: [`ModelRequest::context`] holds the instruction, the previous summary and the
+    /// messages to summarize. The summary is read with [`ModelClient::output_text`].
+    Summary,
+    /// A re-run of a step served degraded, on the original tier
+    /// ([`Engine::replay_degraded`](super::Engine::replay_degraded)).
+    Replay,
+    /// A half-open probe of a recovering endpoint ([`Engine::probe`](super::Engine::probe)).
+    Probe,
 }
 
 /// Tokens a call consumed.
@@ -284,6 +316,16 @@ pub trait ModelClient<P = serde_json::Value, O = serde_json::Value>: Send + Sync
     /// Makes one call. Return `Err` with a classification for every failure (use
     /// [`ModelError::from_http`] for HTTP providers).
     async fn call(&self, request: ModelRequest<P>) -> Result<ModelResponse<O>, ModelError>;
+
+    /// The text of an output, for the engine's own uses: the summary a
+    /// [`Purpose::Summary`] call wrote, and the outputs
+    /// [`Engine::replay_degraded`](super::Engine::replay_degraded) compares. The default returns
+    /// `None`: the engine then writes no summaries (fitting only drops, or fails when the
+    /// policy requires a summary) and replays report no diff.
+    fn output_text(&self, output: &O) -> Option<String> {
+        let _ = output;
+        None
+    }
 
     /// Opens a streamed call (used by [`Engine::call_stream`](super::Engine::call_stream)).
     /// Return `Err` for a failure before the stream opens (an HTTP error status), as for

@@ -39,7 +39,9 @@
 
 mod budget;
 mod client;
+mod continuity;
 mod record;
+mod replay;
 mod result;
 mod shadow;
 mod shared;
@@ -58,9 +60,10 @@ use serde::Serialize;
 pub use client::TokioSleeper;
 pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
-    NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
+    NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
+pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
@@ -74,7 +77,8 @@ pub use stream::{
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Endpoint, Requirements};
 use crate::checkpoint::{
-    Checkpoint, CheckpointStore, ListFilter, MemoryCheckpointStore, ResumeToken, Suspended, TierAt,
+    AgentState, Checkpoint, CheckpointStore, HeuristicCounter, ListFilter, MemoryCheckpointStore,
+    ResumeToken, Suspended, TierAt, TokenCounter,
 };
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{CheckpointError, EngineError, Error};
@@ -107,9 +111,13 @@ pub struct Call<P> {
     pub deadline: Option<Timestamp>,
     /// Whether this call starts a new step of the session (promotion happens only then).
     pub new_step: bool,
-    /// The agent's state, saved in the session's checkpoint before a tier change or a
-    /// suspension (a later release gives it a schema).
+    /// The agent's state as free-form JSON, saved in the session's checkpoint before a tier
+    /// change or a suspension. Prefer [`Call::agent_state`]: the engine can fit it.
     pub state: Option<serde_json::Value>,
+    /// The agent's model-agnostic state: the engine derives the call's token and tool
+    /// requirements from it, checkpoints it, fits it to a smaller window when the session
+    /// moves, and hands the client the state to send in [`ModelRequest::context`].
+    pub agent_state: Option<Arc<AgentState>>,
     /// The request.
     pub payload: P,
 }
@@ -126,6 +134,7 @@ impl<P> Call<P> {
             deadline: None,
             new_step: true,
             state: None,
+            agent_state: None,
             payload,
         }
     }
@@ -165,6 +174,22 @@ impl<P> Call<P> {
         self.state = Some(state);
         self
     }
+
+    /// With the agent's model-agnostic state (see `docs/continuity.md`).
+    pub fn agent_state(mut self, state: impl Into<Arc<AgentState>>) -> Self {
+        self.agent_state = Some(state.into());
+        self
+    }
+
+    /// The state a checkpoint of this call holds: the free-form state if given, else the
+    /// agent state's JSON.
+    fn checkpoint_state(&self) -> Option<serde_json::Value> {
+        self.state.clone().or_else(|| {
+            self.agent_state
+                .as_ref()
+                .and_then(|s| serde_json::to_value(&**s).ok())
+        })
+    }
 }
 
 /// A resumed session.
@@ -197,6 +222,8 @@ struct SessionState {
     tier: Option<(u32, Timestamp)>,
     suspended: Option<(ResumeToken, Option<Timestamp>, String)>,
     version: Option<u64>,
+    /// Steps completed on this replica (for the checkpoint cadence).
+    steps: u64,
 }
 
 const SHARDS: usize = 32;
@@ -249,6 +276,8 @@ struct Inner<P, O> {
     seed: u64,
     recorder: Option<Arc<record::RecorderSlot>>,
     shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
+    counter: Arc<dyn TokenCounter>,
+    replay: replay::ReplayLog<P>,
 }
 
 /// What the engine keeps per workflow.
@@ -297,6 +326,7 @@ pub struct EngineBuilder<P, O> {
     sleeper: Option<Arc<dyn Sleeper>>,
     seed: u64,
     recorder: Option<Arc<dyn Recorder>>,
+    counter: Option<Arc<dyn TokenCounter>>,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -378,6 +408,12 @@ where
         self
     }
 
+    /// The token counter used to size and fit agent states (default: [`HeuristicCounter`]).
+    pub fn token_counter(mut self, counter: Arc<dyn TokenCounter>) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -424,6 +460,8 @@ where
                 seed: self.seed,
                 recorder: self.recorder.map(record::RecorderSlot::new),
                 shadow: arc_swap::ArcSwapOption::empty(),
+                counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
+                replay: replay::ReplayLog::default(),
             }),
         })
     }
@@ -484,6 +522,7 @@ where
             sleeper: None,
             seed: 0,
             recorder: None,
+            counter: None,
         }
     }
 
@@ -535,6 +574,7 @@ where
                     (s.resume_token, s.retry_at, reason)
                 }),
                 version: Some(cp.version),
+                steps: 0,
             },
             None => SessionState::default(),
         };
@@ -818,7 +858,8 @@ where
     }
 
     /// [`Engine::call`] without the recorder (see `record.rs`).
-    async fn call_unrecorded(&self, call: Call<P>) -> CallResult<O> {
+    async fn call_unrecorded(&self, mut call: Call<P>) -> CallResult<O> {
+        self.prepare_call(&mut call);
         let start = self.inner.clock.now();
         let mut pre = match self.preflight(&call, start).await {
             Ok(p) => p,
@@ -832,14 +873,34 @@ where
                 Err(end) => return end,
             };
             let catalog = r.set.catalog();
+            // The context to send: fitted to the endpoint, or the call ends here.
+            let context = match self.context_for(&call, &r, &pre, &mut audit_seqs).await {
+                Ok(c) => c,
+                Err(end) => return end,
+            };
+            let fitted = context.as_ref().is_some_and(|c| c.fitted);
+            let context = context.map(|c| c.state);
             match self
                 .attempt(
-                    &call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
+                    &call,
+                    &r.view,
+                    catalog,
+                    &r.route,
+                    r.deadline,
+                    &attempts,
+                    r.now,
+                    context.clone(),
                 )
                 .await
             {
                 Ok(response) => {
-                    return self
+                    // The degraded output's text, kept for a later replay's diff.
+                    let text = (r.route.degraded
+                        && call.session.is_some()
+                        && r.view.recovery.replay != Replay::None)
+                        .then(|| self.inner.client.output_text(&response.output))
+                        .flatten();
+                    let mut result = self
                         .complete(
                             &call,
                             &r.view,
@@ -851,6 +912,9 @@ where
                             &mut audit_seqs,
                         )
                         .await;
+                    self.after_step(&call, &r, &mut result, context, text, fitted)
+                        .await;
+                    return result;
                 }
                 Err(e) if !e.class().is_capacity() => {
                     return CallResult::Rejected(refused(catalog, r.route.endpoint, &e));
@@ -985,6 +1049,7 @@ where
         deadline: Option<Timestamp>,
         attempts: &[Attempt],
         now: Timestamp,
+        context: Option<Arc<AgentState>>,
     ) -> Result<ModelResponse<O>, ModelError> {
         let inner = &*self.inner;
         if let Some(wait) = self.backoff(view, route, deadline, attempts, now) {
@@ -1006,9 +1071,11 @@ where
             payload: call.payload.clone(),
             attempt: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
             probe: route.probe.is_some(),
-            fit_context: route.fit_context,
+            fit_context: route.fit_context && context.is_none(),
             context_window: ep.capabilities.context_window,
             continue_from: None,
+            context,
+            purpose: Purpose::Step,
         };
         let fut = inner.client.call(request);
         let result = match deadline {
@@ -1066,14 +1133,14 @@ where
         let moved = route.tier != from;
         if moved {
             // Checkpoint before the session's tier changes, when the caller gave its state.
-            if let (Some(sid), Some(state)) = (&call.session, &call.state) {
+            if let (Some(sid), Some(state)) = (&call.session, call.checkpoint_state()) {
                 let cp = self.checkpoint(
                     call,
                     view,
                     catalog,
                     route.tier,
                     Some(route.endpoint),
-                    state.clone(),
+                    state,
                     now,
                 );
                 if let Err(e) = self.save(sid, cp, session.and_then(|s| s.version)).await {
@@ -1262,7 +1329,7 @@ where
                 catalog,
                 from,
                 None,
-                call.state.clone().unwrap_or(serde_json::Value::Null),
+                call.checkpoint_state().unwrap_or(serde_json::Value::Null),
                 now,
             )
             .suspend(Suspended {
@@ -1855,6 +1922,8 @@ where
             fit_context: false,
             context_window: ep.capabilities.context_window,
             continue_from: None,
+            context: None,
+            purpose: Purpose::Probe,
         };
         let started = inner.clock.now();
         let result = inner.client.call(request).await;

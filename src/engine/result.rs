@@ -115,6 +115,10 @@ pub enum RejectKind {
     /// A checkpoint or audit record could not be written, so the engine refused to act
     /// without its durable record.
     Durability,
+    /// The request cannot fit the routed endpoint's context window (nothing valid fits, the
+    /// policy does not allow fitting, or a required summary could not be written), or the
+    /// session is pinned to another provider: it was not sent.
+    Context,
 }
 
 /// A refused call.

@@ -255,7 +255,8 @@ where
     /// The stream is lazy: nothing is routed until it is first polled. Dropping it mid-way
     /// abandons the call: the provider's stream is dropped and nothing is observed or audited
     /// for the abandoned attempt.
-    pub fn call_stream(&self, call: Call<P>) -> EventStream<O> {
+    pub fn call_stream(&self, mut call: Call<P>) -> EventStream<O> {
+        self.prepare_call(&mut call);
         let driver = Driver {
             engine: self.clone(),
             call,
@@ -400,16 +401,25 @@ where
                     message: "the stream was routed before its gates ran".into(),
                 }));
             };
+            let routed = match engine.next_route(call, pre, &self.attempts).await {
+                Ok(r) => r,
+                Err(end) => return Err(outcome_of(end, FinishReason::Stop, self.degraded)),
+            };
+            // The context to send, fitted to the endpoint (or the stream ends here).
+            let context = match engine
+                .context_for(call, &routed, pre, &mut self.audit_seqs)
+                .await
+            {
+                Ok(c) => c.map(|c| c.state),
+                Err(end) => return Err(outcome_of(end, FinishReason::Stop, self.degraded)),
+            };
             let Routed {
                 route,
                 view,
                 set,
                 deadline,
                 now,
-            } = match engine.next_route(call, pre, &self.attempts).await {
-                Ok(r) => r,
-                Err(end) => return Err(outcome_of(end, FinishReason::Stop, self.degraded)),
-            };
+            } = routed;
             if let Some(wait) = engine.backoff(&view, &route, deadline, &self.attempts, now) {
                 inner.sleeper.sleep(wait).await;
             }
@@ -432,9 +442,11 @@ where
                 payload: call.payload.clone(),
                 attempt: u32::try_from(self.attempts.len()).unwrap_or(u32::MAX),
                 probe: route.probe.is_some(),
-                fit_context: route.fit_context,
+                fit_context: route.fit_context && context.is_none(),
                 context_window: ep.capabilities.context_window,
                 continue_from: continuing.then(|| self.text.clone()),
+                context: context.clone(),
+                purpose: super::Purpose::Step,
             };
             self.tries = self.tries.saturating_add(1);
             let started = inner.clock.now();

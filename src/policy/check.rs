@@ -382,6 +382,30 @@ pub(crate) fn check_layer(file: &str, layer: &PolicyLayer, raw: &Value) -> Vec<P
         pr.min_dwell,
     );
 
+    // Context continuity.
+    let c = &layer.continuity;
+    o.fraction(
+        has(&["continuity", "summarize_at"]),
+        "$.continuity.summarize_at",
+        c.summarize_at,
+        false,
+        true,
+    );
+    if has(&["continuity", "max_summary_calls"]) && c.max_summary_calls == 0 {
+        o.err(
+            ProblemCode::InvalidValue,
+            "$.continuity.max_summary_calls",
+            "must be at least 1 (omit `summarizer` to write no summaries)",
+        );
+    }
+    if c.summarizer.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        o.err(
+            ProblemCode::InvalidValue,
+            "$.continuity.summarizer",
+            "must name a tier, not be empty",
+        );
+    }
+
     // Herd control.
     if let Some(x) = layer.herd.max_fallback_share {
         o.fraction(true, "$.herd.max_fallback_share", x, false, true);

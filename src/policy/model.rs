@@ -807,7 +807,7 @@ impl Default for Herd {
 }
 
 /// Context continuity when a session moves to another endpoint.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Continuity {
     /// Allow fitting a session's context into a smaller window (dropping old items, summarizing)
@@ -816,6 +816,72 @@ pub struct Continuity {
     /// What a streamed answer does when its stream fails after output was already forwarded
     /// (a cut connection, a stall past the deadline, an error event mid-answer).
     pub mid_stream: MidStream,
+    /// Output tokens kept free for the answer when fitting (capped at the target endpoint's
+    /// maximum output; a call's own `requirements.output_tokens` wins when larger).
+    pub reserve_output_tokens: u32,
+    /// When messages must be dropped to fit, drop until what is kept is within this fraction of
+    /// the budget (window minus reserved output), leaving the rest for a summary of what was
+    /// dropped (0 < x <= 1; 1 = drop only what must go).
+    pub summarize_at: f64,
+    /// The tier (by name) whose endpoints write the summary of dropped messages. Absent: no
+    /// summary is written, dropped messages are only reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summarizer: Option<String>,
+    /// Summary calls one fitting may make (dropped messages are summarized in chunks that fit
+    /// the summarizer's window, each folding the previous summary in), at least 1.
+    pub max_summary_calls: u32,
+    /// Without a summary (no summarizer usable, a summary call failed, too many chunks) the
+    /// context is not sent: the call is suspended or rejected per `on_unfittable`. Default
+    /// false: the fitted context is sent without the dropped messages, and the audit says so.
+    pub require_summary: bool,
+    /// What happens when the context cannot be fitted (nothing valid fits, fitting is not
+    /// allowed, or a required summary failed): the engine never sends a request that cannot
+    /// fit. `suspend` needs a session and a `suspension` step; otherwise the call is rejected.
+    pub on_unfittable: Exhausted,
+    /// What happens to items only one provider understands (an encrypted reasoning block) when
+    /// the session moves to another provider.
+    pub non_portable: NonPortablePolicy,
+    /// When the engine checkpoints a session's agent state.
+    pub checkpoint: CheckpointCadence,
+}
+
+impl Default for Continuity {
+    fn default() -> Self {
+        Continuity {
+            fit_to_smaller_window: false,
+            mid_stream: MidStream::default(),
+            reserve_output_tokens: 4096,
+            summarize_at: 0.8,
+            summarizer: None,
+            max_summary_calls: 8,
+            require_summary: false,
+            on_unfittable: Exhausted::Reject,
+            non_portable: NonPortablePolicy::default(),
+            checkpoint: CheckpointCadence::default(),
+        }
+    }
+}
+
+/// What happens to a session's non-portable items when it moves to another provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NonPortablePolicy {
+    /// Remove them from the context sent to the other provider (they stay in the checkpoint).
+    #[default]
+    Strip,
+    /// Keep the session on their provider: suspend instead of switching.
+    Pin,
+}
+
+/// When the engine checkpoints a session's agent state. Before every tier change and on every
+/// suspension it always does (so a switch or a suspension starts from a saved state); this adds
+/// a regular cadence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointCadence {
+    /// Also checkpoint after every N completed steps of a session (0 = only before tier
+    /// changes and on suspension).
+    pub every_steps: u32,
 }
 
 /// What a streamed answer does when its stream fails after output was already forwarded.

@@ -745,6 +745,31 @@ fn tenant_checks(
     problems: &mut Vec<Problem>,
 ) {
     let own = at.own().file.clone();
+    // The summarizer must be a tier of the ladder; a required summary needs one.
+    if let Some(name) = &eff.continuity.summarizer {
+        if eff.tiers.iter().all(|t| &t.name != name) {
+            let known: Vec<&str> = eff.tiers.iter().map(|t| t.name.as_str()).collect();
+            problems.push(problem(
+                Severity::Error,
+                ProblemCode::UnknownTier,
+                &own,
+                "$.continuity.summarizer",
+                format!(
+                    "the summarizer tier `{name}` is not in the ladder ({})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    if eff.continuity.require_summary && eff.continuity.summarizer.is_none() {
+        problems.push(problem(
+            Severity::Error,
+            ProblemCode::InvalidValue,
+            &own,
+            "$.continuity.require_summary",
+            "a summary is required but no `continuity.summarizer` tier is named to write it: every fitting that drops messages would fail",
+        ));
+    }
     for (task, v) in views {
         let for_task = task
             .as_ref()

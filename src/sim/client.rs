@@ -193,6 +193,10 @@ fn too_long(window: u32, asked: u64) -> HttpResponse {
 /// (the context is cut to the window minus the reserved output); `Err` when it does not fit.
 fn fitted(req: &ModelRequest<Value>) -> Result<TokenUsage, ModelError> {
     let mut u = usage_of(&req.payload);
+    // A context the engine fitted (or a summary request) is what is sent.
+    if let Some(ctx) = &req.context {
+        u.input_tokens = crate::checkpoint::estimate(ctx, &crate::checkpoint::HeuristicCounter);
+    }
     let window = u64::from(req.context_window);
     if window > 0 && u.input_tokens + u.output_tokens > window {
         if !req.fit_context {
@@ -219,12 +223,21 @@ impl ModelClient for ScriptedProviders {
                 latency, headers, ..
             } => {
                 self.time.sleep(latency).await;
-                let mut resp =
-                    ModelResponse::new(json!({"endpoint": req.endpoint.as_str()}), usage);
+                let mut resp = ModelResponse::new(
+                    json!({"endpoint": req.endpoint.as_str(), "text": format!("answer of {}", req.endpoint)}),
+                    usage,
+                );
                 resp.headers = headers;
                 Ok(resp)
             }
         }
+    }
+
+    fn output_text(&self, output: &Value) -> Option<String> {
+        output
+            .get("text")
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 
     async fn call_stream(

@@ -501,6 +501,9 @@ pub(crate) fn check(
                         None => sh.differing as f64,
                     }
                 }),
+                MetricName::ContextTransforms => {
+                    audit_count(&|k| matches!(k, AuditEventKind::ContextTransform { .. }))
+                }
                 MetricName::StreamContinuations => {
                     calls.iter().filter(|c| c.continued).count() as f64
                 }

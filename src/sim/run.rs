@@ -347,6 +347,12 @@ pub(crate) fn execute(
         }
     }
 
+    let smallest_window = catalog
+        .endpoints()
+        .iter()
+        .map(|e| e.capabilities.context_window)
+        .min()
+        .unwrap_or(u32::MAX);
     let mut sessions: Vec<Sess> = Vec::new();
     let mut agenda: BTreeMap<(u64, u64), usize> = BTreeMap::new();
     let mut seq = 0u64;
@@ -656,6 +662,11 @@ pub(crate) fn execute(
                 .state(json!({"session": s.id.as_str(), "step": s.step}));
                 if let Some(d) = deadline {
                     call = call.deadline(d);
+                }
+                // A context larger than the catalog's smallest window goes with an agent state
+                // the engine can fit (messages carrying their token estimates).
+                if input.saturating_add(s.request.output_tokens) > smallest_window {
+                    call = call.agent_state(agent_state(task_name(&tasks, s.task), input, s.step));
                 }
                 let price = primary
                     .get(&(s.tenant, s.task))
@@ -982,4 +993,32 @@ async fn orchestrate(
     }
     inbox.borrow_mut().push_back(Msg::Tick { pending: still });
     *running.borrow_mut() = false;
+}
+
+fn task_name(tasks: &[TaskKind], i: usize) -> &str {
+    tasks.get(i).map_or("?", TaskKind::as_str)
+}
+
+/// A synthetic agent state of about `tokens` tokens: a system prompt and twenty turns, each
+/// carrying its estimate (so fitting never counts text).
+fn agent_state(goal: &str, tokens: u32, step: u32) -> crate::checkpoint::AgentState {
+    use crate::checkpoint::{AgentState, Message, TokenCounter as _};
+    let mut s = AgentState::new(goal);
+    let per = tokens / 21;
+    let with = |mut m: Message| {
+        m.tokens = Some(per);
+        m
+    };
+    s.messages
+        .push(with(Message::system(format!("step {step}: system prompt"))));
+    for i in 1..=20 {
+        let text = format!("step {step} turn {i}");
+        s.messages.push(with(if i % 2 == 1 {
+            Message::user(text)
+        } else {
+            Message::assistant(text)
+        }));
+    }
+    s.token_counter = Some(crate::checkpoint::HeuristicCounter.name().to_string());
+    s
 }

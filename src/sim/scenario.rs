@@ -571,6 +571,8 @@ pub enum MetricName {
     ShadowDifferences,
     /// Streamed calls continued on another endpoint after a cut.
     StreamContinuations,
+    /// Contexts fitted to a smaller window (audited context transforms).
+    ContextTransforms,
 }
 
 impl Scenario {

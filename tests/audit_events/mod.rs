@@ -92,6 +92,9 @@ pub fn event(n: u64) -> AuditEvent {
             target_window: 32_768,
             messages_dropped: 41,
             summarized: true,
+            strategy: None,
+            summarizer: None,
+            dropped_digest: None,
         },
         _ => AuditEventKind::ReplayResult {
             step: format!("step-{n}"),
