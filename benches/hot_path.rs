@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use downshift::policy::{
-    Budget, BudgetAction, PolicySet, PolicyStore, RateLimitRemaining, Source, Window, WindowBudget,
+    Budget, BudgetAction, PolicySet, PolicyStore, RateLimitRemaining, Source, TenantHandle, Window,
+    WindowBudget,
 };
 use downshift::router::{CallContext, Decision, TierRouter};
 use downshift::trigger::{
@@ -483,7 +484,8 @@ struct RouteFixture {
     router: TierRouter,
     eval: Arc<TriggerEvaluator>,
     tenants: Vec<TenantId>,
-    sessions: Vec<SessionId>,
+    /// What an engine keeps per session: ids, the tenant handle, the budget handle.
+    callers: Vec<RouteCaller>,
     /// Each tenant's budget guardrails, as an engine keeps them with the session.
     budgets: Vec<Option<Budget>>,
     task: TaskKind,
@@ -600,12 +602,35 @@ impl RouteFixture {
         for k in (1..order.len()).rev() {
             order.swap(k, (mix(k as u64 ^ 0x5EED) as usize) % (k + 1));
         }
+        let now = Timestamp::from_millis(T0);
+        let callers = tenants
+            .iter()
+            .zip(sessions)
+            .zip(&budgets)
+            .map(
+                |((t, session), b): ((&TenantId, SessionId), &Option<Budget>)| {
+                    let budget = b.as_ref().map(|_| {
+                        eval.budget_handle(&BudgetScope::tenant(t).session(&session), now)
+                    });
+                    RouteCaller {
+                        tenant: t.clone(),
+                        handle: set.tenant_handle(t).expect("tenant"),
+                        session,
+                        budget,
+                    }
+                },
+            )
+            .collect();
+        eprintln!(
+            "route fixture: {} distinct routing views",
+            set.distinct_routing_views()
+        );
         let store = Arc::new(PolicyStore::new(set));
         let f = RouteFixture {
             router: TierRouter::new(store, Arc::clone(&eval), 7),
             eval,
             tenants,
-            sessions,
+            callers,
             budgets,
             task,
             order,
@@ -614,7 +639,7 @@ impl RouteFixture {
         // Every endpoint has a latency history and every budget tenant has spent something:
         // the steady state, not a cold start.
         for k in 0..TENANTS {
-            f.route_observe(k as u64);
+            f.route_observe(k as u64, false);
         }
         f
     }
@@ -624,12 +649,21 @@ impl RouteFixture {
         Timestamp::from_millis(T0 + 1 + i / 16)
     }
 
-    /// The i-th call: a session on the tenant's top tier with requirements and a deadline.
-    fn ctx(&self, i: u64) -> (usize, CallContext<'_>) {
+    /// The i-th call: a session on the tenant's top tier with requirements and a deadline;
+    /// `by_handle`: with the tenant and budget handles an engine keeps per session.
+    fn ctx(&self, i: u64, by_handle: bool) -> (usize, CallContext<'_>) {
         let k = self.order[(i as usize) % TENANTS] as usize;
         let now = Self::now(i);
-        let c = CallContext::new(&self.tenants[k], &self.task)
-            .session(&self.sessions[k])
+        let caller = &self.callers[k];
+        let mut c = CallContext::new(&caller.tenant, &self.task);
+        if by_handle {
+            c = c.tenant_handle(&caller.handle);
+            if let Some(b) = &caller.budget {
+                c = c.budget_handle(b);
+            }
+        }
+        let c = c
+            .session(&caller.session)
             .requirements(Requirements {
                 input_tokens: 12_000,
                 output_tokens: 1_000,
@@ -641,28 +675,32 @@ impl RouteFixture {
         (k, c)
     }
 
-    fn route(&self, i: u64) -> Decision {
-        let (_, c) = self.ctx(i);
+    fn route(&self, i: u64, by_handle: bool) -> Decision {
+        let (_, c) = self.ctx(i, by_handle);
         self.router.route(black_box(&c), Self::now(i))
     }
 
     /// Routes the i-th call and reports its (successful) outcome, as an engine does.
-    fn route_observe(&self, i: u64) {
-        let (k, c) = self.ctx(i);
+    fn route_observe(&self, i: u64, by_handle: bool) {
+        let (k, c) = self.ctx(i, by_handle);
         let now = Self::now(i);
+        let caller = &self.callers[k];
         if let Decision::Route(r) = self.router.route(black_box(&c), now) {
             let mut obs = Observation::new(
                 r.endpoint,
-                &self.tenants[k],
+                &caller.tenant,
                 OutcomeClass::Ok,
                 now,
                 Duration::from_millis(400 + (mix(i) >> 54)),
             )
-            .session(&self.sessions[k])
+            .session(&caller.session)
             .usage(12_000, 1_000)
             .cost(0.001);
             if let Some(b) = &self.budgets[k] {
                 obs = obs.budget(b);
+                if let (true, Some(h)) = (by_handle, &caller.budget) {
+                    obs = obs.budget_handle(h);
+                }
             }
             self.eval.observe(black_box(&obs), now).expect("observe");
         }
@@ -688,6 +726,14 @@ impl RouteFixture {
             }
         }
     }
+}
+
+/// What an engine keeps for one of its sessions on the router's path.
+struct RouteCaller {
+    tenant: TenantId,
+    session: SessionId,
+    handle: TenantHandle,
+    budget: Option<BudgetHandle>,
 }
 
 /// The baseline the issue names: per-tenant breakers in a `HashMap<String, _>` behind a
@@ -718,13 +764,33 @@ fn route_group<M: Measurement>(c: &mut Criterion<M>, f: &RouteFixture, suffix: &
     g.bench_function("healthy_100k_tenants_500_endpoints", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(f.route(i))
+            black_box(f.route(i, true))
+        });
+    });
+    // The same call for one tenant over and over: everything it touches stays in cache, so
+    // this is the computation alone, without the memory latency of 100,000 tenants.
+    g.bench_function("healthy_one_hot_tenant", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(TENANTS as u64);
+            black_box(f.route(i, true))
+        });
+    });
+    g.bench_function("healthy_by_id", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.route(i, false))
         });
     });
     g.bench_function("route_and_observe", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            f.route_observe(i);
+            f.route_observe(i, true);
+        });
+    });
+    g.bench_function("route_and_observe_by_id", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            f.route_observe(i, false);
         });
     });
     let baseline: RwLock<HashMap<String, SimpleBreaker>> = RwLock::new(
@@ -759,14 +825,20 @@ fn route_group<M: Measurement>(c: &mut Criterion<M>, f: &RouteFixture, suffix: &
     });
     // Degraded last: it opens the primaries' breakers for the rest of the run.
     f.open_primaries();
-    match f.route(i + 1) {
+    match f.route(i + 1, true) {
         Decision::Route(r) if r.tier == 1 => {}
         other => panic!("degraded fixture: expected tier 1, got {other:?}"),
     }
     g.bench_function("degraded_primary_open_to_tier_2", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            black_box(f.route(i))
+            black_box(f.route(i, true))
+        });
+    });
+    g.bench_function("degraded_by_id", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(f.route(i, false))
         });
     });
     g.finish();
@@ -801,7 +873,7 @@ fn split_routes(f: &RouteFixture, n: u64, iters: u64, oncpu: bool) -> (Duration,
                     let start = Instant::now();
                     let base = t * 1_000_003;
                     for k in 0..iters {
-                        black_box(f.route(base + k));
+                        black_box(f.route(base + k, true));
                     }
                     let wall = start.elapsed();
                     let used = match (cpu, on_cpu()) {
@@ -835,12 +907,12 @@ fn route_tail_and_scaling(f: &RouteFixture) {
     let mut timer: Vec<u32> = Vec::with_capacity(CALLS);
     let base = 7_000_000u64;
     for k in 0..10_000 {
-        black_box(f.route(base + k));
+        black_box(f.route(base + k, true));
     }
     for k in 0..CALLS as u64 {
         let i = base + k;
         let t = Instant::now();
-        black_box(f.route(i));
+        black_box(f.route(i, true));
         lat.push(u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX));
     }
     for _ in 0..CALLS {

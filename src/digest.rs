@@ -69,6 +69,17 @@ impl ContentDigest {
         Ok(ContentDigest(s.to_string()))
     }
 
+    /// SHA-256 over `parts`, each prefixed by its length (so the parts cannot run into each
+    /// other): for digests over a few fields that are not worth building JSON for.
+    pub(crate) fn of_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        Self::from_hash(&h.finalize())
+    }
+
     /// The digest as text.
     #[must_use]
     pub fn as_str(&self) -> &str {

@@ -5,7 +5,8 @@
 //! A counting global allocator counts the allocations made *on the current thread* while
 //! counting is switched on, so the test harness's other threads cannot disturb the count. Each
 //! path is routed once first (thread-local caches of `arc-swap` are set up on first use: that is
-//! not the steady state), then thousands of times over different tenants with counting on.
+//! not the steady state), then thousands of times over different tenants with counting on, by
+//! tenant id and through the tenant's `TenantHandle`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,7 +14,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use downshift::policy::{PolicySet, PolicyStore, Source};
+use downshift::policy::{PolicySet, PolicyStore, Source, TenantHandle};
 use downshift::router::{CallContext, Decision, ReasonKind, TierRouter};
 use downshift::trigger::{Observation, TriggerEvaluator};
 use downshift::{OutcomeClass, Requirements, SessionId, TaskKind, TenantId, Timestamp};
@@ -137,6 +138,8 @@ struct World {
     eval: Arc<TriggerEvaluator>,
     set: Arc<PolicySet>,
     tenants: Vec<TenantId>,
+    /// A handle per tenant, as an engine keeps one per session.
+    handles: Vec<TenantHandle>,
 }
 
 fn world() -> World {
@@ -154,13 +157,19 @@ fn world() -> World {
     );
     let store = Arc::new(PolicyStore::new(set));
     let set = store.current();
+    let tenants: Vec<TenantId> = (0..TENANTS)
+        .map(|i| TenantId::new(format!("tenant-{i}")))
+        .collect();
+    let handles = tenants
+        .iter()
+        .map(|t| set.tenant_handle(t).unwrap())
+        .collect();
     World {
         router: TierRouter::new(store, Arc::clone(&eval), 2),
         eval,
         set,
-        tenants: (0..TENANTS)
-            .map(|i| TenantId::new(format!("tenant-{i}")))
-            .collect(),
+        tenants,
+        handles,
     }
 }
 
@@ -238,6 +247,12 @@ fn count(
     let allocs = allocations(|| {
         for i in of_kind(k, n) {
             let d = w.router.route(&ctx(shape, &w.tenants[i], x), now);
+            if !expect(&d) && bad.is_none() {
+                bad = Some(d);
+            }
+            // The same call through the tenant's handle.
+            let c = ctx(shape, &w.tenants[i], x).tenant_handle(&w.handles[i]);
+            let d = w.router.route(&c, now);
             if !expect(&d) && bad.is_none() {
                 bad = Some(d);
             }

@@ -309,6 +309,67 @@ fn a_tenant_that_is_not_probe_eligible_is_never_sent_to_test_a_recovering_endpoi
 }
 
 #[test]
+fn a_sticky_probe_eligible_session_probes_the_recovering_tier_above_at_a_step_boundary() {
+    let mut files = base();
+    let mut beta = tenant();
+    beta["id"] = json!("beta");
+    beta["constraints"]["probe_eligible"] = json!(false);
+    files.push(("beta.json".into(), beta));
+    let w = world(&files);
+    open_breaker(&w, "frontier-a-eu", T0);
+    // The open wait is over: the primary wants a probe. Sessions have dwelt long on tier 1.
+    let now = T0.saturating_add(Duration::from_secs(120));
+    let long_ago = Timestamp::from_millis(T0.as_millis() - 3_600_000);
+    let (t, k) = acme();
+    let s = SessionId::new("s-1");
+    let sticky = |tenant: &TenantId, since: Timestamp, boundary: bool| {
+        let c = CallContext::new(tenant, &k)
+            .session(&s)
+            .on_tier(1, since)
+            .step_boundary(boundary);
+        w.router.route(&c, now)
+    };
+    // Within a step: the session stays where it is.
+    match sticky(&t, long_ago, false) {
+        Decision::Route(r) => assert_eq!((r.tier, r.probe), (1, None)),
+        other => panic!("{other:?}"),
+    }
+    // Before its dwell is over: it stays too.
+    match sticky(&t, now.saturating_sub(Duration::from_secs(10)), true) {
+        Decision::Route(r) => assert_eq!((r.tier, r.probe), (1, None)),
+        other => panic!("{other:?}"),
+    }
+    // A tenant that is not probe-eligible is never the one to test the primary.
+    match sticky(&TenantId::new("beta"), long_ago, true) {
+        Decision::Route(r) => assert_eq!((r.tier, r.probe), (1, None)),
+        other => panic!("{other:?}"),
+    }
+    // At a step boundary after its dwell, the eligible session probes the primary.
+    match sticky(&t, long_ago, true) {
+        Decision::Route(r) => {
+            assert_eq!(w.name(r.endpoint), "frontier-a-eu");
+            assert_eq!(r.tier, 0);
+            assert!(r.probe.is_some(), "a platform-wide permit is taken");
+            assert_eq!(r.reason.kind, ReasonKind::Probe);
+            assert!(r.switched);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Permits are shared: once they are taken, sessions stay sticky on tier 1.
+    let mut probes = 1;
+    for _ in 0..10 {
+        if let Decision::Route(r) = sticky(&t, long_ago, true) {
+            if r.probe.is_some() {
+                probes += 1;
+            } else {
+                assert_eq!(r.tier, 1);
+            }
+        }
+    }
+    assert_eq!(probes, 3, "the platform's half_open.probes");
+}
+
+#[test]
 fn half_open_probes_are_limited_platform_wide() {
     let w = world(&base());
     open_breaker(&w, "frontier-a-eu", T0);

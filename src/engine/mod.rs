@@ -733,7 +733,9 @@ where
                 }));
             };
             let view = Arc::clone(tp.view(call.task.as_str()));
+            // The tenant is looked up once: the router takes it by handle.
             let mut ctx = CallContext::new(&call.tenant, &call.task)
+                .tenant_handle(tp.handle())
                 .requirements(call.requirements)
                 .step_boundary(call.new_step && attempts.is_empty())
                 .attempts(attempts);

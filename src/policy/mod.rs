@@ -13,6 +13,7 @@ mod merge;
 mod model;
 mod resolve;
 mod resolved;
+mod routing;
 pub mod schema;
 mod set;
 mod source;
@@ -24,5 +25,7 @@ pub use resolved::{
     ApprovalRule, BudgetRule, EndpointExclusion, ExcludedEndpoint, LayerRef, ResolvedBudget,
     ResolvedPolicy, ResolvedTier, TierExclusion,
 };
+pub(crate) use routing::RoutingView;
+pub use routing::TenantHandle;
 pub use set::{PolicyGuard, PolicySet, PolicyStore, TenantPolicy};
 pub use source::Source;

@@ -290,18 +290,41 @@ impl ResolvedPolicy {
         self.tiers.get(index as usize)
     }
 
-    pub(crate) fn compute_digest(&mut self) {
-        let mut v = serde_json::to_value(&*self).unwrap_or(serde_json::Value::Null);
+    /// Digest of what the view permits and how it behaves: its canonical JSON without its
+    /// identity (tenant, task, layers, digest). Tenants of one template with the same
+    /// constraints have the same content digest, so a policy set computes it once per distinct
+    /// content.
+    pub(crate) fn content_digest(&self) -> ContentDigest {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(obj) = v.as_object_mut() {
-            obj.remove("digest");
-            if let Some(serde_json::Value::Array(layers)) = obj.get_mut("layers") {
-                for l in layers {
-                    if let Some(lo) = l.as_object_mut() {
-                        lo.remove("source");
-                    }
-                }
+            for k in ["digest", "tenant", "task", "layers"] {
+                obj.remove(k);
             }
         }
-        self.digest = ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes());
+        ContentDigest::of_bytes(crate::digest::canonical_json(&v).as_bytes())
+    }
+
+    /// Sets `digest`: SHA-256 over the tenant, the task, the layers (id, version, level and
+    /// content digest; not the file name) and the `content` digest (from
+    /// [`ResolvedPolicy::content_digest`]), each part length-prefixed.
+    pub(crate) fn compute_digest(&mut self, content: &ContentDigest) {
+        let levels: Vec<String> = self.layers.iter().map(|l| l.level.to_string()).collect();
+        let mut parts: Vec<&[u8]> = vec![
+            b"downshift/view/2",
+            self.tenant.as_str().as_bytes(),
+            self.task
+                .as_ref()
+                .map_or(b"\xff" as &[u8], |t| t.as_str().as_bytes()),
+            content.as_str().as_bytes(),
+        ];
+        for (l, level) in self.layers.iter().zip(&levels) {
+            parts.extend([
+                l.id.as_str().as_bytes(),
+                l.version.as_bytes(),
+                level.as_bytes(),
+                l.digest.as_str().as_bytes(),
+            ]);
+        }
+        self.digest = ContentDigest::of_parts(parts);
     }
 }

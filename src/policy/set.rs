@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
@@ -13,6 +14,7 @@ use super::merge::merge;
 use super::model::{Herd, Level, PolicyLayer, Recovery, Triggers};
 use super::resolve::{Attrib, LayerDoc, check_narrowing, compute_view, did_you_mean};
 use super::resolved::{LayerRef, ResolvedPolicy, ResolvedTier};
+use super::routing::{Interner, TenantHandle, TenantRouting};
 use super::source::{Parsed, Source, parse, problem};
 use crate::catalog::{Catalog, Endpoint};
 use crate::digest::ContentDigest;
@@ -24,11 +26,20 @@ use crate::trigger::EvaluatorSettings;
 /// attacker-chosen), so a fast hash (foldhash) instead of SipHash.
 type FastMap<K, V> = hashbrown::HashMap<K, V>;
 
+/// Views already digested for one tenant content and task, each with its content digest.
+type Digested = Vec<(ResolvedPolicy, ContentDigest)>;
+
+/// Source of [`PolicySet`] epochs.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
 /// One tenant's resolved views: a default view and one per task kind that has its own rules.
 #[derive(Debug, Clone)]
 pub struct TenantPolicy {
     default: Arc<ResolvedPolicy>,
     tasks: FastMap<TaskKind, Arc<ResolvedPolicy>>,
+    /// Its handle: its id, the set, and the routing part of its views (shared with every
+    /// tenant of the same content).
+    handle: TenantHandle,
 }
 
 impl TenantPolicy {
@@ -42,6 +53,24 @@ impl TenantPolicy {
     #[must_use]
     pub fn default_view(&self) -> &Arc<ResolvedPolicy> {
         &self.default
+    }
+
+    /// The routing part of its views (interned).
+    pub(crate) fn routing(&self) -> &TenantRouting {
+        &self.handle.routing
+    }
+
+    /// Its [`TenantHandle`] (clone it to keep it).
+    #[must_use]
+    pub fn handle(&self) -> &TenantHandle {
+        &self.handle
+    }
+
+    /// Whether this tenant's views route exactly like `other`'s: true for tenants created from
+    /// one template with the same constraints, which share one interned routing view.
+    #[must_use]
+    pub fn shares_routing_with(&self, other: &TenantPolicy) -> bool {
+        Arc::ptr_eq(&self.handle.routing, &other.handle.routing)
     }
 
     /// The task kinds with their own view, sorted.
@@ -85,6 +114,9 @@ impl TenantPolicy {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PolicySet {
+    /// Unique per built set: a [`TenantHandle`] from another set is not used.
+    epoch: u64,
+    distinct_routing_views: usize,
     catalog: Arc<Catalog>,
     catalog_digest: ContentDigest,
     tenants: FastMap<TenantId, TenantPolicy>,
@@ -131,6 +163,9 @@ impl PolicySet {
         let mut endpoint_origin: HashMap<String, String> = HashMap::new();
         let mut catalog_versions = Vec::new();
         let mut docs: Vec<LayerDoc> = Vec::new();
+        // Per doc, its content without its identity (see `own_content_key`).
+        let mut own_keys: Vec<String> = Vec::new();
+        let mut layer_bodies: HashMap<String, ContentDigest> = HashMap::new();
 
         for src in sources {
             match parse(&src) {
@@ -157,15 +192,30 @@ impl PolicySet {
                 }
                 Ok(Parsed::Policy(layer, raw)) => {
                     problems.extend(check_layer(&src.name, &layer, &raw));
-                    // Comments and editor hints are not content.
-                    let mut content = (*layer).clone();
-                    content.description = None;
-                    content.schema = None;
-                    for t in &mut content.tiers {
-                        t.description = None;
-                    }
-                    let digest = ContentDigest::of_json(&content)
-                        .unwrap_or_else(|_| ContentDigest::of_bytes(src.text.as_bytes()));
+                    // The layer's digest: its id and version, and the digest of the rest of its
+                    // parsed content (defaults filled in; comments and editor hints are not
+                    // content). That rest is digested once per distinct text: tenant layers
+                    // created from one template differ only in their id.
+                    let key = own_content_key(&raw);
+                    let body = layer_bodies.entry(key.clone()).or_insert_with(|| {
+                        let mut content = (*layer).clone();
+                        content.id = LayerId::new("");
+                        content.version = String::new();
+                        content.description = None;
+                        content.schema = None;
+                        for t in &mut content.tiers {
+                            t.description = None;
+                        }
+                        ContentDigest::of_json(&content)
+                            .unwrap_or_else(|_| ContentDigest::of_bytes(src.text.as_bytes()))
+                    });
+                    let digest = ContentDigest::of_parts([
+                        b"downshift/layer/2" as &[u8],
+                        layer.id.as_str().as_bytes(),
+                        layer.version.as_bytes(),
+                        body.as_str().as_bytes(),
+                    ]);
+                    own_keys.push(key);
                     docs.push(LayerDoc {
                         file: src.name.clone(),
                         layer: *layer,
@@ -336,6 +386,10 @@ impl PolicySet {
         // Assemble tenants.
         let mut tenants = FastMap::new();
         let mut tenant_ids = Vec::new();
+        let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+        let mut interner = Interner::default();
+        let anonymous = TenantId::new("");
+        let mut contents: HashMap<(String, Option<TaskKind>), Digested> = HashMap::new();
         for &i in &order {
             if docs[i].layer.level != Level::Tenant {
                 continue;
@@ -354,12 +408,34 @@ impl PolicySet {
                 })
                 .collect();
             let tenant = TenantId::new(docs[i].layer.id.as_str());
+            let Some(routing) = interner.tenant(vs.iter().map(|(t, v)| (t.as_ref(), v))) else {
+                continue;
+            };
             let mut default = None;
             let mut by_task = FastMap::new();
+            // Tenants with the same parents and the same own content (but for their id and
+            // version) usually resolve to the same views: their content digest is computed once
+            // (and reused only for a view found equal).
+            let mut own = String::new();
+            for &p in &chain[..chain.len().saturating_sub(1)] {
+                own.push_str(&p.to_string());
+                own.push('/');
+            }
+            own.push_str(own_keys.get(i).map_or("", String::as_str));
             for (task, mut v) in vs {
+                v.tenant = anonymous.clone();
+                let known = contents.entry((own.clone(), task.clone())).or_default();
+                let content = match known.iter().find(|(same, _)| *same == v) {
+                    Some((_, d)) => d.clone(),
+                    None => {
+                        let d = v.content_digest();
+                        known.push((v.clone(), d.clone()));
+                        d
+                    }
+                };
                 v.tenant = tenant.clone();
                 v.layers.clone_from(&layers);
-                v.compute_digest();
+                v.compute_digest(&content);
                 match task {
                     None => default = Some(Arc::new(v)),
                     Some(t) => {
@@ -369,15 +445,22 @@ impl PolicySet {
             }
             if let Some(default) = default {
                 tenant_ids.push(tenant.clone());
+                let tenant_key = tenant.clone();
                 tenants.insert(
                     tenant,
                     TenantPolicy {
                         default,
                         tasks: by_task,
+                        handle: TenantHandle {
+                            tenant: tenant_key.clone(),
+                            set: epoch,
+                            routing,
+                        },
                     },
                 );
             }
         }
+        drop(contents);
         tenant_ids.sort();
 
         // Dedupe (a template's problem is found once per layer extending it) and order by file.
@@ -430,6 +513,8 @@ impl PolicySet {
             .map(|l| (l.triggers.clone(), l.recovery.clone(), l.herd.clone()))
             .unwrap_or_default();
         let set = PolicySet {
+            epoch,
+            distinct_routing_views: interner.distinct_views(),
             platform_triggers,
             platform_recovery,
             platform_herd,
@@ -482,6 +567,32 @@ impl PolicySet {
         Ok(self.tenant(tenant)?.view(task))
     }
 
+    /// A handle to the tenant, for a caller that routes many calls of it (an engine keeps one
+    /// per session): see [`TenantHandle`]. Allocates nothing.
+    ///
+    /// # Errors
+    /// [`PolicyError::UnknownTenant`] when no tenant layer has this id.
+    pub fn tenant_handle(&self, tenant: &TenantId) -> Result<TenantHandle, PolicyError> {
+        Ok(self.tenant(tenant.as_str())?.handle.clone())
+    }
+
+    /// The routing of the tenant a handle is for, if the handle belongs to this set and to
+    /// `tenant`.
+    pub(crate) fn routing_by_handle<'a>(
+        &self,
+        handle: &'a TenantHandle,
+        tenant: &TenantId,
+    ) -> Option<&'a TenantRouting> {
+        (handle.set == self.epoch && handle.is_for(tenant)).then_some(&*handle.routing)
+    }
+
+    /// How many distinct routing views the set's tenants share (tenants of one template with
+    /// the same constraints share one).
+    #[must_use]
+    pub fn distinct_routing_views(&self) -> usize {
+        self.distinct_routing_views
+    }
+
     /// Tenant ids, sorted.
     #[must_use]
     pub fn tenants(&self) -> &[TenantId] {
@@ -511,6 +622,21 @@ impl PolicySet {
     #[must_use]
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+}
+
+/// A layer's content without its identity: its canonical JSON text without `id`, `version`
+/// and comments (a key: equal keys parse to layers equal but for id and version).
+fn own_content_key(raw: &Value) -> String {
+    match raw {
+        Value::Object(obj) => {
+            let mut obj = obj.clone();
+            for k in ["id", "version", "description", "$schema"] {
+                obj.remove(k);
+            }
+            crate::digest::canonical_json(&Value::Object(obj))
+        }
+        other => crate::digest::canonical_json(other),
     }
 }
 

@@ -3,7 +3,8 @@
 use crate::catalog::{EndpointIdx, Requirements};
 use crate::clock::Timestamp;
 use crate::id::{SessionId, TaskKind, TenantId, WorkflowId};
-use crate::trigger::OutcomeClass;
+use crate::policy::TenantHandle;
+use crate::trigger::{BudgetHandle, OutcomeClass};
 
 /// One attempt already made within the current call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,11 @@ pub struct CallContext<'a> {
     pub approved_to: Option<u32>,
     /// Attempts already made in this call, oldest first.
     pub attempts: &'a [Attempt],
+    /// A handle to the tenant in the active policy set (skips the lookup by id).
+    pub handle: Option<&'a TenantHandle>,
+    /// A handle to the budget state of the tenant, session and workflow (skips their lookup by
+    /// id when a budget guardrail is checked).
+    pub budget: Option<&'a BudgetHandle>,
 }
 
 impl<'a> CallContext<'a> {
@@ -85,7 +91,25 @@ impl<'a> CallContext<'a> {
             step_boundary: true,
             approved_to: None,
             attempts: &[],
+            handle: None,
+            budget: None,
         }
+    }
+
+    /// With a handle to the tenant (from
+    /// [`PolicySet::tenant_handle`](crate::policy::PolicySet::tenant_handle)): the router reads
+    /// the tenant's routing through it instead of looking the tenant up by id. A handle for
+    /// another tenant or from before a reload is ignored.
+    pub const fn tenant_handle(mut self, handle: &'a TenantHandle) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+
+    /// With a handle to the budget state (from
+    /// [`TriggerEvaluator::budget_handle`](crate::trigger::TriggerEvaluator::budget_handle)).
+    pub const fn budget_handle(mut self, handle: &'a BudgetHandle) -> Self {
+        self.budget = Some(handle);
+        self
     }
 
     /// With a session.

@@ -10,7 +10,7 @@
 //! 1. *Static, resolved with the policy*: the tenant's floor and the task override's floor,
 //!    forbidden tiers and the task's allowed tiers, a tier's task restriction (a minimal tier for
 //!    triage only), residency (allowed regions), endpoint allowlists, data handling and minimum
-//!    quality. See [`ResolvedPolicy`].
+//!    quality. See [`ResolvedPolicy`](crate::policy::ResolvedPolicy).
 //! 2. *Budget*: over a guardrail, tiers above the policy's `downshift_to` tier are skipped (or the
 //!    call is suspended or rejected, as the policy says).
 //! 3. *Attempts*: an endpoint already tried `attempts_per_endpoint` times in this call is skipped,
@@ -30,9 +30,12 @@
 //! A session stays on its tier while that tier is usable. At a step boundary, once the session
 //! has dwelt `min_dwell` on its tier and a higher tier has been healthy for `healthy_for`, it
 //! moves up — one tier, or straight to the highest such tier, as the policy says. When its own
-//! tier fails it moves to the best usable tier, searching from the top. Within a tier, `in_order`
-//! takes the first usable endpoint; `least_latency` draws two usable endpoints deterministically
-//! from the session and attempt and takes the one with the lower recent P95.
+//! tier fails it moves to the best usable tier, searching from the top. A probe-eligible session
+//! that has dwelt `min_dwell` may also, at a step boundary, be sent as the half-open probe of a
+//! recovering endpoint of the nearest tier above it (taking one of the platform-wide permits;
+//! reason `probe`). Within a tier, `in_order` takes the first usable endpoint; `least_latency`
+//! draws two usable endpoints deterministically from the session and attempt and takes the one
+//! with the lower recent P95.
 //!
 //! # Herd control
 //!
@@ -63,8 +66,8 @@ use crate::catalog::{CapabilityGap, Catalog, EndpointIdx};
 use crate::clock::Timestamp;
 use crate::id::EndpointId;
 use crate::policy::{
-    BudgetRule, Exhausted, Herd, Notification, PolicyStore, PromotionMode, ResolvedPolicy,
-    Selection,
+    BudgetRule, Exhausted, Herd, Notification, PolicyStore, PromotionMode, RoutingView, Selection,
+    TenantPolicy,
 };
 use crate::trigger::{
     BudgetScope, Probe, ProbePermit, Trigger, TriggerEvaluator, TriggerKind, Verdict,
@@ -212,6 +215,11 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The part of an approval ticket's key that names the policy view (its digest).
+fn view_digest_key(tp: &TenantPolicy, ctx: &CallContext<'_>) -> u64 {
+    fnv(tp.view(ctx.task.as_str()).digest.as_str().as_bytes())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -243,23 +251,42 @@ impl TierRouter {
     }
 
     /// Decides where the call goes. Allocation-free.
+    ///
+    /// With a [`TenantHandle`](crate::policy::TenantHandle) in the context
+    /// ([`CallContext::tenant_handle`]) the tenant's routing is reached through it; without one
+    /// (or with one from before a reload, or for another tenant), by hashing its id.
     #[must_use]
     pub fn route(&self, ctx: &CallContext<'_>, now: Timestamp) -> Decision {
         let set = self.policies.load();
-        match set.tenant(ctx.tenant.as_str()) {
-            Ok(tp) => self.decide(
-                tp.view(ctx.task.as_str()),
-                set.catalog(),
-                set.herd(),
-                ctx,
-                now,
-                &mut NoTrace,
-                true,
-            ),
-            Err(_) => Decision::Reject {
-                reason: Reason::new(ReasonKind::UnknownTenant, TriggerList::EMPTY),
+        let routing = match ctx
+            .handle
+            .and_then(|h| set.routing_by_handle(h, ctx.tenant))
+        {
+            Some(r) => r,
+            None => match set.tenant(ctx.tenant.as_str()) {
+                Ok(tp) => tp.routing(),
+                Err(_) => {
+                    return Decision::Reject {
+                        reason: Reason::new(ReasonKind::UnknownTenant, TriggerList::EMPTY),
+                    };
+                }
             },
-        }
+        };
+        // The view's digest keys an approval ticket: looked up only when one is issued.
+        let digest_key = || {
+            set.tenant(ctx.tenant.as_str())
+                .map_or(0, |tp| view_digest_key(tp, ctx))
+        };
+        self.decide(
+            routing.view(ctx.task),
+            &digest_key,
+            set.catalog(),
+            set.herd(),
+            ctx,
+            now,
+            &mut NoTrace,
+            true,
+        )
     }
 
     /// The decision `route` would take (without taking a probe permit), with every candidate
@@ -281,7 +308,17 @@ impl TierRouter {
         let view = tp.view(ctx.task.as_str());
         let catalog = set.catalog();
         let mut rec = Recorder::default();
-        let decision = self.decide(view, catalog, set.herd(), ctx, now, &mut rec, false);
+        let digest_key = || view_digest_key(tp, ctx);
+        let decision = self.decide(
+            tp.routing().view(ctx.task),
+            &digest_key,
+            catalog,
+            set.herd(),
+            ctx,
+            now,
+            &mut rec,
+            false,
+        );
         let mut candidates = Vec::new();
         let id = |e: EndpointIdx| {
             catalog
@@ -342,8 +379,8 @@ impl TierRouter {
 
     /// Whether some endpoint of tier `i` has been healthy for this tenant for at least
     /// `healthy_for` (and, when the policy requires it, recovered through successful probes).
-    fn healthy_for(&self, view: &ResolvedPolicy, i: u32, now: Timestamp) -> bool {
-        let p = &view.recovery.promotion;
+    fn healthy_for(&self, view: &RoutingView, i: u32, now: Timestamp) -> bool {
+        let p = &view.promotion;
         view.tier(i).is_some_and(|t| {
             t.endpoint_idx.iter().any(|&e| {
                 self.evaluator
@@ -357,10 +394,19 @@ impl TierRouter {
         })
     }
 
+    /// Whether some endpoint of tier `i` wants a half-open probe.
+    fn wants_probe(&self, view: &RoutingView, i: u32, now: Timestamp) -> bool {
+        view.tier(i).is_some_and(|t| {
+            t.endpoint_idx
+                .iter()
+                .any(|&e| self.evaluator.wants_probe(e, now).unwrap_or(false))
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn try_tier<T: Trace>(
         &self,
-        view: &ResolvedPolicy,
+        view: &RoutingView,
         catalog: &Catalog,
         ctx: &CallContext<'_>,
         i: u32,
@@ -376,7 +422,7 @@ impl TierRouter {
         if !tier.usable() {
             return None;
         }
-        let per_endpoint = view.retry.attempts_per_endpoint.max(1);
+        let per_endpoint = view.attempts_per_endpoint.max(1);
         // Candidates that passed every filter, as a bit set over the tier's endpoints (the
         // first 64; a tier that large is routed in order).
         let mut ok: u64 = 0;
@@ -405,9 +451,7 @@ impl TierRouter {
             let mut fit = false;
             match ep.capabilities.gap(&ctx.requirements) {
                 None => {}
-                Some(CapabilityGap::ContextWindow { .. })
-                    if view.continuity.fit_to_smaller_window =>
-                {
+                Some(CapabilityGap::ContextWindow { .. }) if view.fit_to_smaller_window => {
                     fit = true;
                 }
                 Some(gap) => {
@@ -588,10 +632,10 @@ impl TierRouter {
         }
     }
 
-    fn exhausted(view: &ResolvedPolicy, kind: ReasonKind, triggers: TriggerList) -> Decision {
+    fn exhausted(view: &RoutingView, kind: ReasonKind, triggers: TriggerList) -> Decision {
         let reason = Reason::new(kind, triggers);
         match view.when_exhausted {
-            Exhausted::Suspend if view.suspension.is_some() => Decision::Suspend {
+            Exhausted::Suspend if view.can_suspend => Decision::Suspend {
                 reason,
                 retry_at: triggers.earliest_until(),
             },
@@ -602,7 +646,8 @@ impl TierRouter {
     #[allow(clippy::too_many_arguments)]
     fn decide<T: Trace>(
         &self,
-        view: &ResolvedPolicy,
+        view: &RoutingView,
+        digest_key: &dyn Fn() -> u64,
         catalog: &Catalog,
         herd: &Herd,
         ctx: &CallContext<'_>,
@@ -611,13 +656,13 @@ impl TierRouter {
         live: bool,
     ) -> Decision {
         let mut triggers = TriggerList::EMPTY;
-        let Some(top) = view.top_tier() else {
+        let Some(top) = view.top else {
             return Decision::Reject {
                 reason: Reason::new(ReasonKind::NothingUsable, triggers),
             };
         };
-        let n = u32::try_from(view.tiers.len()).unwrap_or(u32::MAX);
-        if u32::try_from(ctx.attempts.len()).unwrap_or(u32::MAX) >= view.retry.max_attempts.max(1) {
+        let n = view.len();
+        if u32::try_from(ctx.attempts.len()).unwrap_or(u32::MAX) >= view.max_attempts.max(1) {
             for a in ctx.attempts.iter().rev().take(MAX_REASON_TRIGGERS) {
                 triggers.push(Trigger::new(TriggerKind::CallFailed, 1.0, 1.0).at(a.endpoint));
             }
@@ -625,7 +670,7 @@ impl TierRouter {
         }
         let deadline = ctx
             .deadline
-            .or_else(|| view.sla.default_deadline.map(|d| now.saturating_add(d)));
+            .or_else(|| view.default_deadline.map(|d| now.saturating_add(d)));
         if deadline.is_some_and(|d| d <= now) {
             return Decision::Reject {
                 reason: Reason::new(ReasonKind::DeadlineUnreachable, triggers),
@@ -643,15 +688,18 @@ impl TierRouter {
             if let Some(w) = ctx.workflow {
                 scope = scope.workflow(w);
             }
+            if let Some(h) = ctx.budget {
+                scope = scope.with_handle(h);
+            }
             if let Some(t) = self
                 .evaluator
                 .check_budget(&scope, &view.tenant_triggers, now)
             {
                 triggers.push(t);
                 over_budget = true;
-                match view.budget.as_ref().map(|b| b.on_exceeded) {
+                match view.budget {
                     Some(BudgetRule::DownshiftTo(k)) => min_tier = min_tier.max(k),
-                    Some(BudgetRule::Suspend) if view.suspension.is_some() => {
+                    Some(BudgetRule::Suspend) if view.can_suspend => {
                         return Decision::Suspend {
                             reason: Reason::new(ReasonKind::Budget, triggers),
                             retry_at: None,
@@ -706,7 +754,7 @@ impl TierRouter {
                     ^ ctx
                         .session
                         .map_or(0, |s| fnv(s.as_str().as_bytes()).rotate_left(17))
-                    ^ fnv(view.digest.as_str().as_bytes()).rotate_left(31)
+                    ^ digest_key().rotate_left(31)
                     ^ (u64::from(from) << 32 | u64::from(i));
                 return Decision::AwaitApproval {
                     ticket: ApprovalTicket(splitmix(key)),
@@ -733,7 +781,7 @@ impl TierRouter {
 
         // 1. Promotion, at a step boundary, after the dwell, to a tier healthy long enough.
         if let Some(st) = ctx.session_tier {
-            let p = &view.recovery.promotion;
+            let p = &view.promotion;
             if ctx.step_boundary
                 && st.tier > min_tier
                 && st.tier < n
@@ -770,6 +818,48 @@ impl TierRouter {
                             trace,
                         ) {
                             return finish(i, f, ReasonKind::Promotion, promo);
+                        }
+                    }
+                }
+            }
+            // 1b. Probe the tier above. A probe-eligible session that has dwelt `min_dwell` may,
+            //     at a step boundary, be the one that tests a recovering endpoint of the nearest
+            //     usable tier above it (taking one of the platform-wide permits), so sessions
+            //     stuck below a recovering primary are not left waiting for fresh sessions to
+            //     probe it. A tier above that is healthy but not yet for `healthy_for` is not
+            //     taken here (that is promotion, above), nor is a move that needs approval.
+            if ctx.step_boundary
+                && view.probe_eligible
+                && st.tier > min_tier
+                && st.tier < n
+                && now.duration_since(st.since) >= view.promotion.min_dwell
+            {
+                let above = (min_tier..st.tier)
+                    .rev()
+                    .find(|&i| view.tier(i).is_some_and(|t| t.usable()));
+                if let Some(i) = above {
+                    if !seen(tried_tiers, i)
+                        && !view.approval.requires(st.tier, i)
+                        && self.wants_probe(view, i, now)
+                    {
+                        let mut probing = TriggerList::EMPTY;
+                        let found = self.try_tier(
+                            view,
+                            catalog,
+                            ctx,
+                            i,
+                            deadline,
+                            now,
+                            live,
+                            cap(i),
+                            &mut probing,
+                            &mut Tally::default(),
+                            &mut NoTrace,
+                        );
+                        if let Some(f) = found.filter(|f| f.probing) {
+                            mark(&mut tried_tiers, i);
+                            trace.candidate(i, f.endpoint, CandidateVerdict::Chosen);
+                            return finish(i, f, ReasonKind::Probe, probing);
                         }
                     }
                 }
