@@ -764,8 +764,9 @@ where
                 ctx = ctx.approved_to(a);
             }
             let deadline = ctx.deadline;
+            let candidate = self.shadow_route(&ctx, now);
             let decision = inner.router.route(&ctx, now);
-            self.shadow_compare(&ctx, &decision, now);
+            self.shadow_compare(&ctx, candidate, &decision, now);
             match decision {
                 Decision::Route(route) => {
                     if !attempts.is_empty()

@@ -120,14 +120,36 @@ where
             .map(|s| s.report.lock().clone())
     }
 
-    /// Routes `ctx` under the shadow candidate too and notes a difference (called by the
-    /// engine after each active decision; a no-op without a candidate).
-    pub(super) fn shadow_compare(&self, ctx: &CallContext<'_>, active: &Decision, now: Timestamp) {
+    /// Routes `ctx` under the shadow candidate, before the active router does (so both see the
+    /// same endpoint state), giving back any half-open probe permit the candidate took: it acts
+    /// on nothing. `None` without a candidate.
+    pub(super) fn shadow_route(&self, ctx: &CallContext<'_>, now: Timestamp) -> Option<Decision> {
+        let guard = self.inner.shadow.load();
+        let shadow = guard.as_ref()?;
+        let candidate = shadow.router.route(ctx, now);
+        if let Decision::Route(r) = &candidate {
+            if let Some(permit) = r.probe {
+                let _ = self.inner.evaluator.release_probe(permit, now);
+            }
+        }
+        Some(candidate)
+    }
+
+    /// Notes a difference between the candidate's decision and the active one.
+    pub(super) fn shadow_compare(
+        &self,
+        ctx: &CallContext<'_>,
+        candidate: Option<Decision>,
+        active: &Decision,
+        now: Timestamp,
+    ) {
+        let Some(candidate) = candidate else {
+            return;
+        };
         let guard = self.inner.shadow.load();
         let Some(shadow) = guard.as_ref() else {
             return;
         };
-        let candidate = shadow.router.route(ctx, now);
         let set = self.inner.policies.current();
         let (a, ka) = describe(active, set.catalog());
         let (c, kc) = describe(&candidate, set.catalog());
