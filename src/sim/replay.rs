@@ -344,21 +344,18 @@ impl ModelClient for ReplayProviders {
             endpoint: req.endpoint_idx,
             probe: req.probe,
         });
-        let (tenant, session) = if req.probe {
-            ("downshift-probe".to_string(), None)
-        } else {
-            (
-                req.payload
-                    .get("tenant")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                req.payload
-                    .get("session")
-                    .and_then(Value::as_str)
-                    .map(SessionId::new),
-            )
-        };
+        // The platform's own probes carry no tenant; a session's call sent as a probe does.
+        let tenant = req
+            .payload
+            .get("tenant")
+            .and_then(Value::as_str)
+            .unwrap_or("downshift-probe")
+            .to_string();
+        let session = req
+            .payload
+            .get("session")
+            .and_then(Value::as_str)
+            .map(SessionId::new);
         let o = self
             .answer(&req.endpoint, now, &tenant, session.as_ref())
             .unwrap_or(RecObs {
