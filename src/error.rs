@@ -32,6 +32,9 @@ pub enum Error {
     /// The trigger evaluator was given something it cannot use.
     #[error(transparent)]
     Trigger(#[from] TriggerError),
+    /// A simulation scenario or recording could not be read or run.
+    #[error(transparent)]
+    Sim(#[from] SimError),
 }
 
 /// Errors from the [`TriggerEvaluator`](crate::trigger::TriggerEvaluator).
@@ -452,4 +455,55 @@ impl fmt::Display for ValidationReport {
         }
         Ok(())
     }
+}
+
+/// Errors from the [`sim`](crate::sim) module: a scenario file or a recording that cannot be
+/// read, parsed or run. Each names the file and, where it applies, the JSON path or line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scenario is not valid JSON or does not match the scenario format.
+    #[error("{}: at `{at}` (line {line}, column {column}): {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The JSON path of the offending value.
+        at: String,
+        /// Line (1-based).
+        line: usize,
+        /// Column (1-based).
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The scenario parses but cannot be run (an unknown endpoint, tenant or task, a bad time
+    /// or duration, an empty window...).
+    #[error("{}: at `{at}`: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The JSON path of the offending value.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A line of a recording cannot be used.
+    #[error("{}: line {line}: {message}", path.display())]
+    Recording {
+        /// The recording.
+        path: PathBuf,
+        /// Line (1-based).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
 }

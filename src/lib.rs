@@ -109,6 +109,7 @@ pub mod policy;
 pub mod router;
 pub mod stats;
 pub mod telemetry;
+pub mod sim;
 pub mod trigger;
 
 pub use audit::{
@@ -123,8 +124,8 @@ pub use checkpoint::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use digest::ContentDigest;
 pub use error::{
-    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, TriggerError,
-    ValidationReport,
+    AuditError, CheckpointError, Error, PolicyError, Problem, ProblemCode, Severity, SimError,
+    TriggerError, ValidationReport,
 };
 pub use id::{EndpointId, LayerId, SessionId, TaskKind, TenantId, WorkflowId};
 pub use trigger::{

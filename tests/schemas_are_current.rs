@@ -44,3 +44,17 @@ fn the_schema_rejects_unknown_fields() {
 fn the_committed_agent_state_schema_is_current() {
     check("docs/agent_state.schema.json", agent_state_schema());
 }
+
+#[test]
+fn the_committed_scenario_schema_is_current() {
+    let generated = downshift::sim::scenario_schema();
+    let path = "docs/scenario.schema.json";
+    if std::env::var_os("DOWNSHIFT_BLESS").is_some() {
+        std::fs::write(path, &generated).unwrap();
+        return;
+    }
+    assert!(
+        std::fs::read_to_string(path).unwrap_or_default() == generated,
+        "{path} is stale: regenerate it with `cargo run --features cli --bin downshift -- schema scenario > {path}` (or run the tests with DOWNSHIFT_BLESS=1)"
+    );
+}

@@ -17,6 +17,9 @@ use downshift::trigger::{BreakerMode, TriggerEvaluator};
 use downshift::{PolicyError, Severity, TaskKind, TenantId, Timestamp};
 use std::sync::Arc;
 
+#[path = "downshift_sim.rs"]
+mod sim_cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "downshift",
@@ -44,6 +47,22 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Run scenario files through the real engine in virtual time and check their
+    /// expectations: exit 0 when all hold, 1 when any fails (each is printed), 2 for bad input.
+    Simulate(SimulateArgs),
+    /// Re-run a recorded capacity event against a candidate policy and show, per tenant, what
+    /// it would have experienced beside what it did: exit 0 when every call is decided the
+    /// same, 1 when some differ, 2 for bad input.
+    Replay {
+        /// The recording (JSON lines, from `simulate --record` or an engine's `Recorder`).
+        recording: PathBuf,
+        /// The candidate policy set: files or directories (repeatable).
+        #[arg(long = "policy", required = true, value_name = "PATH")]
+        policy: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of a file format.
     Schema {
@@ -112,6 +131,27 @@ enum Command {
     },
 }
 
+/// `simulate` and `replay` (kept apart so the other subcommands stay easy to read).
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// Scenario files.
+    #[arg(required = true)]
+    scenarios: Vec<PathBuf>,
+    /// Machine-readable output (one report, or an array for several scenarios).
+    #[arg(long)]
+    json: bool,
+    /// Write the run's audit log (JSON lines) to this file.
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
+    /// Record the engine's observations, signals, calls and results (JSON lines) to this file,
+    /// for `downshift replay`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// Evaluate this candidate policy set in shadow (files or directories; repeatable).
+    #[arg(long = "shadow", value_name = "PATH")]
+    shadow: Vec<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
     /// Verify a JSON-lines audit log: exit 0 when the hash chain is intact (and contains the kept
@@ -135,6 +175,8 @@ enum SchemaKind {
     Policy,
     /// A catalog file.
     Catalog,
+    /// A simulation scenario file.
+    Scenario,
     /// The agent state a checkpoint holds.
     AgentState,
 }
@@ -161,10 +203,23 @@ fn main() -> ExitCode {
                     print_head,
                 },
         } => audit_verify(&file, head.as_deref(), print_head),
+        Command::Simulate(a) => sim_cmd::simulate(
+            &a.scenarios,
+            a.json,
+            a.audit.as_deref(),
+            a.record.as_deref(),
+            &a.shadow,
+        ),
+        Command::Replay {
+            recording,
+            policy,
+            json,
+        } => sim_cmd::replay(&recording, &policy, json),
         Command::Schema { kind } => {
             let s = match kind {
                 SchemaKind::Policy => policy::schema::policy_schema(),
                 SchemaKind::Catalog => policy::schema::catalog_schema(),
+                SchemaKind::Scenario => downshift::sim::scenario_schema(),
                 SchemaKind::AgentState => downshift::checkpoint::agent_state_schema(),
             };
             print!("{s}");

@@ -41,8 +41,10 @@ mod budget;
 mod client;
 mod continuity;
 mod mode;
+mod record;
 mod replay;
 mod result;
+mod shadow;
 mod shared;
 mod stream;
 mod visibility;
@@ -63,8 +65,10 @@ pub use client::{
     NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
 pub use mode::EngineMode;
+pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
+pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
     PendingApproval, SharedHealthRecord,
@@ -274,6 +278,8 @@ struct Inner<P, O> {
     retry_budget: budget::RetryBudget,
     seed: u64,
     visibility: visibility::Visibility,
+    recorder: Option<Arc<record::RecorderSlot>>,
+    shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
     counter: Arc<dyn TokenCounter>,
     replay: replay::ReplayLog<P>,
 }
@@ -326,6 +332,7 @@ pub struct EngineBuilder<P, O> {
     stats: bool,
     mode: EngineMode,
     labels: crate::telemetry::TenantLabels,
+    recorder: Option<Arc<dyn Recorder>>,
     counter: Option<Arc<dyn TokenCounter>>,
 }
 
@@ -481,6 +488,8 @@ where
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
                 visibility,
+                recorder: self.recorder.map(record::RecorderSlot::new),
+                shadow: arc_swap::ArcSwapOption::empty(),
                 counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
                 replay: replay::ReplayLog::default(),
             }),
@@ -545,6 +554,7 @@ where
             stats: true,
             mode: EngineMode::PerTenant,
             labels: crate::telemetry::TenantLabels::new(),
+            recorder: None,
             counter: None,
         }
     }
@@ -787,7 +797,10 @@ where
                 ctx = ctx.approved_to(a);
             }
             let deadline = ctx.deadline;
-            match inner.router.route(&ctx, now) {
+            let candidate = self.shadow_route(&ctx, now);
+            let decision = inner.router.route(&ctx, now);
+            self.shadow_compare(&ctx, candidate, &decision, now);
+            match decision {
                 Decision::Route(route) => {
                     if !attempts.is_empty()
                         && !inner.retry_budget.try_retry(&view.retry.budget, now)
@@ -880,11 +893,8 @@ where
         }
     }
 
-    /// Routes, calls, observes, and falls back or retries until the call ends in exactly one
-    /// [`CallResult`]. In [`EngineMode::ObserveOnly`] and [`EngineMode::PlatformBreaker`] the
-    /// call is routed as that mode says; every call is counted in [`Engine::stats`] and traced
-    /// (feature `tracing`).
-    pub async fn call(&self, mut call: Call<P>) -> CallResult<O> {
+    /// [`Engine::call`] without the recorder (see `record.rs`).
+    async fn call_unrecorded(&self, mut call: Call<P>) -> CallResult<O> {
         self.prepare_call(&mut call);
         self.call_visible(call).await
     }
@@ -1030,6 +1040,7 @@ where
         if let Some(b) = &view.tenant_triggers.budget {
             obs = obs.budget(b);
         }
+        self.record_observation(&obs);
         // An observation is only refused for an index outside the catalog or a bad cost, which
         // the engine never builds.
         let _ = inner.evaluator.observe(&obs, finished);
@@ -2016,6 +2027,7 @@ where
         if let Some(c) = c {
             obs = obs.classified(c);
         }
+        self.record_observation(&obs);
         inner.evaluator.observe(&obs, finished)?;
         Ok(Some(class))
     }
