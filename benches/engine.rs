@@ -68,8 +68,7 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    // The primary is blocked (retry-after in force), so every sessionless call falls to tier 2
-    // and writes a tier-change record to the in-memory audit sink.
+    // The primary is blocked (retry-after in force), so every call falls to tier 2.
     let degraded = engine(Some("frontier-vendor-eu"));
     let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
     let someone = downshift::TenantId::new("x");
@@ -91,13 +90,39 @@ fn bench(c: &mut Criterion) {
         .observe(&blocked, Timestamp::from_millis(1_795_000_000_000))
         .expect("observe");
     let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
-    g.bench_function("degraded_call_audited", |b| {
+    // Sessionless traffic records its transition once: these calls write no record.
+    g.bench_function("degraded_sessionless_call", |b| {
         b.iter(|| {
             let r = block_on(degraded.call(Call::new(tenant.clone(), task.clone(), ())));
             match r {
                 CallResult::Completed(c) => assert!(c.degraded),
                 other => panic!("{}", other.outcome()),
             }
+        });
+    });
+    // Every call is a new session's first, served below its top tier: a tier change with its
+    // audit record in the in-memory sink (no state given, so no checkpoint). Sessions are
+    // forgotten outside the timed loop.
+    g.bench_function("degraded_session_call_audited", |b| {
+        b.iter_custom(|iters| {
+            let sessions: Vec<downshift::SessionId> = (0..iters)
+                .map(|i| downshift::SessionId::new(format!("d-{i}")))
+                .collect();
+            let start = std::time::Instant::now();
+            for s in &sessions {
+                let r = block_on(
+                    degraded.call(Call::new(tenant.clone(), task.clone(), ()).session(s.clone())),
+                );
+                match r {
+                    CallResult::Completed(c) => assert!(c.degraded && c.audit.len() == 1),
+                    other => panic!("{}", other.outcome()),
+                }
+            }
+            let elapsed = start.elapsed();
+            for s in &sessions {
+                degraded.forget_session(s);
+            }
+            elapsed
         });
     });
     g.finish();

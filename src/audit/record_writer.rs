@@ -206,7 +206,7 @@ fn trigger(out: &mut Vec<u8>, t: &TriggerRecord) -> Result<(), Error> {
 /// A JSON string as `serde_json` escapes it: only control characters, `"` and `\` are escaped,
 /// everything else (including non-ASCII) is written as is.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -215,6 +215,28 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
         // Writing a string to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Whether any byte is a control character, `"` or `\`, eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(LO) & !x & HI != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        // A byte below 0x20 (its high bit clear and x - 0x20 borrowing), `"` or `\`.
+        let below = x.wrapping_sub(0x20 * LO) & !x & HI != 0;
+        if below || has_zero(x ^ (u64::from(b'"') * LO)) || has_zero(x ^ (u64::from(b'\\') * LO)) {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn write_u64(out: &mut Vec<u8>, mut v: u64) {
@@ -422,6 +444,24 @@ mod tests {
         for k in kinds("é\"\\\n\u{1}\u{7f}🚀 x") {
             check(7, &full(k.clone(), "a\"b", 1_800_000_000_123, 4200.5, 212));
             check(0, &AuditEvent::new(Timestamp::EPOCH, k));
+        }
+    }
+
+    #[test]
+    fn the_escape_scan_finds_every_byte_that_needs_escaping_at_every_position() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in (0u8..0x20).chain([b'"', b'\\']) {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert!(needs_escape(&v), "{len} {at} {b}");
+                }
+                let mut v = vec![b'a'; len];
+                v[at] = 0x7f;
+                assert!(!needs_escape(&v));
+                v[at] = 0xc3;
+                assert!(!needs_escape(&v));
+            }
         }
     }
 

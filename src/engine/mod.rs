@@ -40,6 +40,7 @@
 mod budget;
 mod client;
 mod result;
+mod sessionless;
 mod shared;
 mod stream;
 
@@ -241,6 +242,7 @@ struct Inner<P, O> {
     replica: String,
     freshness: Duration,
     workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
+    sessionless: sessionless::SessionlessTiers,
     retry_budget: budget::RetryBudget,
     seed: u64,
 }
@@ -413,6 +415,7 @@ where
                 replica: self.replica.unwrap_or_else(default_replica_name),
                 freshness: self.freshness,
                 workflows: Mutex::new(HashMap::new()),
+                sessionless: sessionless::SessionlessTiers::default(),
                 retry_budget: budget::RetryBudget::new(),
                 seed: self.seed,
             }),
@@ -1050,8 +1053,29 @@ where
         let inner = &*self.inner;
         let now = inner.clock.now();
         let top = view.top_tier().unwrap_or(0);
-        let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
-        let moved = route.tier != from;
+        // Sessionless traffic audits transitions of its (tenant, task): the tier it was last
+        // served on is the one it moves from, and a call on that same tier writes nothing (its
+        // `audit` cites the record of the transition in force).
+        let claim = if call.session.is_none() {
+            Some(
+                inner
+                    .sessionless
+                    .claim(&call.tenant, &call.task, route.tier, top),
+            )
+        } else {
+            None
+        };
+        let (from, moved) = match claim {
+            Some(sessionless::Claim::Same(seq)) => {
+                audit_seqs.extend(seq);
+                (route.tier, false)
+            }
+            Some(sessionless::Claim::Moved { from, .. }) => (from, true),
+            None => {
+                let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
+                (from, route.tier != from)
+            }
+        };
         if moved {
             // Checkpoint before the session's tier changes, when the caller gave its state.
             if let (Some(sid), Some(state)) = (&call.session, &call.state) {
@@ -1084,8 +1108,22 @@ where
                 ev = ev.trigger(t.record(catalog));
             }
             match self.record(ev).await {
-                Ok(seq) => audit_seqs.push(seq),
-                Err(r) => return CallResult::Rejected(r),
+                Ok(seq) => {
+                    audit_seqs.push(seq);
+                    if claim.is_some() {
+                        inner
+                            .sessionless
+                            .recorded(&call.tenant, &call.task, route.tier, seq);
+                    }
+                }
+                Err(r) => {
+                    if let Some(sessionless::Claim::Moved { from, prev }) = claim {
+                        inner
+                            .sessionless
+                            .revert(&call.tenant, &call.task, route.tier, from, prev);
+                    }
+                    return CallResult::Rejected(r);
+                }
             }
             if route.notice || (view.notification == Notification::Realtime && moved) {
                 let endpoint = catalog
@@ -1935,6 +1973,9 @@ where
     ) -> Result<Arc<PolicySet>, Error> {
         let previous = self.inner.policies.current().digest().clone();
         let set = self.inner.policies.reload(sources)?;
+        // The new ladders may be numbered differently: sessionless traffic's next move is
+        // recorded from its top tier again.
+        self.inner.sessionless.clear();
         let ev = AuditEvent::new(
             self.inner.clock.now(),
             AuditEventKind::PolicyActivation {
