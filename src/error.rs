@@ -151,6 +151,18 @@ pub enum EngineError {
         /// The session.
         session: SessionId,
     },
+    /// A checkpoint save kept meeting compare-and-swap conflicts: other replicas are writing the
+    /// session's checkpoint at the same time. Nothing was written.
+    #[error(
+        "session `{session}`'s checkpoint changed under each of {attempts} compare-and-swap \
+         attempts (other replicas are writing it): the transition was not made"
+    )]
+    CheckpointContention {
+        /// The session.
+        session: SessionId,
+        /// The save attempts made (each reloaded and reconciled the stored checkpoint first).
+        attempts: u32,
+    },
 }
 
 /// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).

@@ -7,11 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use downshift::audit::{AuditEventKind, MemoryAuditSink, verify};
+use downshift::checkpoint::{
+    Checkpoint, CheckpointList, CheckpointStore, ListFilter, MemoryCheckpointStore, ResumeToken,
+    Suspended, TierAt,
+};
 use downshift::engine::{
-    Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, TokenUsage,
+    Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
+    TokenUsage,
 };
 use downshift::policy::PolicySet;
-use downshift::{ManualClock, OutcomeClass, Timestamp};
+use downshift::{
+    CheckpointError, ContentDigest, ManualClock, OutcomeClass, SessionId, TenantId, Timestamp,
+};
 use futures::executor::block_on;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -121,4 +128,172 @@ fn sessionless_calls_audit_the_transition_not_every_degraded_call() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A checkpoint store where "another replica" writes the session just before this engine's
+/// saves: `interleave` checkpoints are saved (on top of whatever is stored) before each of the
+/// next saves, `times` times.
+#[derive(Debug)]
+struct Racing {
+    inner: MemoryCheckpointStore,
+    interleave: Mutex<Option<(Checkpoint, u32)>>,
+}
+
+#[async_trait]
+impl CheckpointStore for Racing {
+    async fn load(&self, session: &SessionId) -> Result<Option<Checkpoint>, CheckpointError> {
+        self.inner.load(session).await
+    }
+    async fn save(&self, cp: Checkpoint, expected: Option<u64>) -> Result<u64, CheckpointError> {
+        let other = {
+            let mut g = self.interleave.lock();
+            match g.as_mut() {
+                Some((c, n)) if *n > 0 => {
+                    *n -= 1;
+                    Some(c.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(c) = other {
+            let stored = self.inner.load(&c.session).await?.map(|c| c.version);
+            self.inner.save(c, stored).await?;
+        }
+        self.inner.save(cp, expected).await
+    }
+    async fn list(
+        &self,
+        tenant: &TenantId,
+        filter: &ListFilter,
+    ) -> Result<CheckpointList, CheckpointError> {
+        self.inner.list(tenant, filter).await
+    }
+    async fn delete(&self, session: &SessionId, expected: u64) -> Result<(), CheckpointError> {
+        self.inner.delete(session, expected).await
+    }
+}
+
+fn racing_world(other: Checkpoint, times: u32) -> (World, Arc<Racing>) {
+    let script = Arc::new(Script::default());
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    let audit = Arc::new(MemoryAuditSink::new());
+    let store = Arc::new(Racing {
+        inner: MemoryCheckpointStore::new(),
+        interleave: Mutex::new(Some((other, times))),
+    });
+    let engine = Engine::builder(
+        PolicySet::load(&["examples/policies"]).unwrap(),
+        Arc::new(Scripted(Arc::clone(&script))),
+    )
+    .clock(Arc::new(clock.clone()))
+    .audit(audit.clone())
+    .checkpoints(store.clone())
+    .build()
+    .unwrap();
+    (
+        World {
+            engine,
+            script,
+            clock,
+            audit,
+        },
+        store,
+    )
+}
+
+fn other_replicas(suspended: Option<&str>) -> Checkpoint {
+    let cp = Checkpoint::new(
+        TenantId::new("marketing-agency"),
+        SessionId::new("s"),
+        Timestamp::from_millis(1_795_000_000_000),
+        TierAt::new(0, "primary"),
+        ContentDigest::of_bytes(b"policy"),
+        json!({"from": "the other replica"}),
+    );
+    match suspended {
+        Some(token) => cp.suspend(Suspended {
+            reason: "suspended on replica b".into(),
+            trigger: None,
+            retry_at: None,
+            resume_token: ResumeToken::from_string(token),
+        }),
+        None => cp,
+    }
+}
+
+fn degrade(w: &World) {
+    for id in ["frontier-vendor-eu", "frontier-vendor-us"] {
+        w.script.failing.lock().insert(id.into());
+    }
+}
+
+fn step() -> Call<Value> {
+    Call::new("marketing-agency", "copywriting", json!({}))
+        .session("s")
+        .state(json!({"step": 1}))
+}
+
+#[test]
+fn a_tier_change_save_that_meets_a_newer_checkpoint_is_reconciled_and_retried() {
+    let (w, store) = racing_world(other_replicas(None), 1);
+    degrade(&w);
+    match block_on(w.engine.call(step())) {
+        CallResult::Completed(c) => assert_eq!(c.served_by.tier, 2),
+        other => panic!("{other:?}"),
+    }
+    // The other replica's save (version 1) was not lost: this one went on top of it.
+    let cp = block_on(store.load(&SessionId::new("s"))).unwrap().unwrap();
+    assert_eq!(cp.version, 2);
+    assert_eq!(cp.tier.index, 2);
+    assert_eq!(cp.state, json!({"step": 1}));
+    assert_eq!(kinds(&w.audit), ["tier_change"]);
+}
+
+#[test]
+fn a_suspension_saved_by_another_replica_stands_over_this_replicas_tier_change() {
+    let (w, store) = racing_world(other_replicas(Some("rt-from-b")), 1);
+    degrade(&w);
+    match block_on(w.engine.call(step())) {
+        CallResult::Suspended {
+            resume_token,
+            reason,
+            ..
+        } => {
+            assert_eq!(resume_token, ResumeToken::from_string("rt-from-b"));
+            assert_eq!(reason, "suspended on replica b");
+        }
+        other => panic!("{other:?}"),
+    }
+    let cp = block_on(store.load(&SessionId::new("s"))).unwrap().unwrap();
+    assert_eq!(cp.version, 1, "nothing written over the suspension");
+    assert!(cp.suspended.is_some());
+    // No tier change was recorded by this replica, and its next call is suspended too.
+    assert!(kinds(&w.audit).is_empty());
+    assert!(matches!(
+        block_on(w.engine.call(step())),
+        CallResult::Suspended { .. }
+    ));
+    let _ = &w.clock;
+}
+
+#[test]
+fn a_checkpoint_that_keeps_changing_ends_in_a_typed_error_after_bounded_retries() {
+    let (w, store) = racing_world(other_replicas(None), u32::MAX);
+    degrade(&w);
+    match block_on(w.engine.call(step())) {
+        CallResult::Rejected(r) => {
+            assert_eq!(r.kind, RejectKind::Durability);
+            assert!(
+                r.message.contains("each of 3 compare-and-swap attempts"),
+                "{}",
+                r.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Three tries, each preceded by the other replica's write: nothing of this replica's stored.
+    let cp = block_on(store.load(&SessionId::new("s"))).unwrap().unwrap();
+    assert_eq!(cp.version, 3);
+    assert_eq!(cp.state, json!({"from": "the other replica"}));
+    assert!(kinds(&w.audit).is_empty());
 }

@@ -193,6 +193,8 @@ pub struct ReadyToResume {
 struct SessionState {
     tier: Option<(u32, Timestamp)>,
     suspended: Option<(ResumeToken, Option<Timestamp>, String)>,
+    /// When the suspension began (its checkpoint's time), for `suspension.max_duration`.
+    suspended_at: Option<Timestamp>,
     version: Option<u64>,
 }
 
@@ -523,6 +525,7 @@ where
         let st = match self.inner.checkpoints.load(sid).await? {
             Some(cp) => SessionState {
                 tier: Some((cp.tier.index, cp.created_at)),
+                suspended_at: cp.suspended.as_ref().map(|_| cp.created_at),
                 suspended: cp.suspended.map(|s| {
                     let reason = s.reason;
                     (s.resume_token, s.retry_at, reason)
@@ -1089,7 +1092,7 @@ where
                     now,
                 );
                 if let Err(e) = self.save(sid, cp, session.and_then(|s| s.version)).await {
-                    return CallResult::Rejected(e);
+                    return e.into_result();
                 }
             }
             let kind = if route.tier < from {
@@ -1200,33 +1203,68 @@ where
     }
 
     /// Saves with compare-and-swap against the version this engine last saw (or the stored
-    /// one, if another replica saved since).
+    /// one). On a conflict another replica saved since: the stored checkpoint is reloaded and
+    /// reconciled — a suspension saved there stands (the session is suspended, whatever this
+    /// replica was about to write); otherwise this save, decided on live health, goes on top of
+    /// the newer version — and the save is retried, at most [`SAVE_ATTEMPTS`] times in all.
     async fn save(
         &self,
         sid: &SessionId,
         cp: Checkpoint,
         expected: Option<u64>,
-    ) -> Result<u64, Rejection> {
+    ) -> Result<u64, SaveError> {
         let store = &self.inner.checkpoints;
-        let expected = match expected {
+        let reject = |e| SaveError::Rejected(durability(e));
+        let mut expected = match expected {
             Some(v) => Some(v),
-            None => store
-                .load(sid)
-                .await
-                .map_err(durability)?
-                .map(|c| c.version),
+            None => store.load(sid).await.map_err(reject)?.map(|c| c.version),
         };
-        let version = match store.save(cp.clone(), expected).await {
-            Ok(v) => v,
-            Err(CheckpointError::Conflict { actual, .. }) => {
-                store.save(cp, actual).await.map_err(durability)?
+        for _ in 0..SAVE_ATTEMPTS {
+            match store.save(cp.clone(), expected).await {
+                Ok(version) => {
+                    self.inner
+                        .sessions
+                        .update(sid, |s| s.version = Some(version));
+                    return Ok(version);
+                }
+                Err(CheckpointError::Conflict { .. }) => {
+                    let current = store.load(sid).await.map_err(reject)?;
+                    match current {
+                        Some(c) => {
+                            if let Some(susp) = c.suspended {
+                                let held = (susp.resume_token, susp.retry_at, susp.reason);
+                                let copy = held.clone();
+                                self.inner.sessions.update(sid, |s| {
+                                    *s = SessionState {
+                                        tier: Some((c.tier.index, c.created_at)),
+                                        suspended: Some(copy),
+                                        suspended_at: Some(c.created_at),
+                                        version: Some(c.version),
+                                    };
+                                });
+                                return Err(SaveError::SuspendedElsewhere {
+                                    resume_token: held.0,
+                                    retry_at: held.1,
+                                    reason: held.2,
+                                });
+                            }
+                            expected = Some(c.version);
+                        }
+                        None => expected = None,
+                    }
+                }
+                Err(e) => return Err(reject(e)),
             }
-            Err(e) => return Err(durability(e)),
+        }
+        let e = EngineError::CheckpointContention {
+            session: sid.clone(),
+            attempts: SAVE_ATTEMPTS,
         };
-        self.inner
-            .sessions
-            .update(sid, |s| s.version = Some(version));
-        Ok(version)
+        Err(SaveError::Rejected(Rejection {
+            kind: RejectKind::Durability,
+            reason: None,
+            message: e.to_string(),
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1302,7 +1340,7 @@ where
             .await
         {
             Ok(v) => v,
-            Err(r) => return CallResult::Rejected(r),
+            Err(e) => return e.into_result(),
         };
         let mut saved = cp;
         saved.version = version;
@@ -1327,6 +1365,7 @@ where
         }
         self.inner.sessions.update(sid, |s| {
             s.suspended = Some((token.clone(), retry_at, message.clone()));
+            s.suspended_at = Some(now);
         });
         if let Some(w) = &call.workflow {
             let mut wfs = self.inner.workflows.lock();
@@ -2048,6 +2087,38 @@ fn deadline_error() -> ModelError {
         OutcomeClass::Timeout,
         "the call did not finish before its deadline",
     )
+}
+
+/// How many times a checkpoint save is tried when other replicas keep changing it.
+const SAVE_ATTEMPTS: u32 = 3;
+
+/// Why a checkpoint save did not happen.
+enum SaveError {
+    /// The store failed, or the checkpoint kept changing: the transition is refused.
+    Rejected(Rejection),
+    /// Another replica suspended the session meanwhile: its suspension stands.
+    SuspendedElsewhere {
+        resume_token: ResumeToken,
+        retry_at: Option<Timestamp>,
+        reason: String,
+    },
+}
+
+impl SaveError {
+    fn into_result<O>(self) -> CallResult<O> {
+        match self {
+            SaveError::Rejected(r) => CallResult::Rejected(r),
+            SaveError::SuspendedElsewhere {
+                resume_token,
+                retry_at,
+                reason,
+            } => CallResult::Suspended {
+                resume_token,
+                retry_at,
+                reason,
+            },
+        }
+    }
 }
 
 enum Gate<O> {
