@@ -37,6 +37,7 @@
 //! # Ok::<(), downshift::Error>(())
 //! ```
 
+mod attempts;
 mod budget;
 mod client;
 mod result;
@@ -820,19 +821,36 @@ where
             Err(end) => return end,
         };
         let mut attempts: Vec<Attempt> = Vec::new();
+        let mut tried: Vec<attempts::Tried> = Vec::new();
         let mut audit_seqs = Vec::new();
         loop {
             let r = match self.next_route(&call, &mut pre, &attempts).await {
                 Ok(r) => r,
-                Err(end) => return end,
+                Err(end) => return attempts::explain(end, &tried),
             };
             let catalog = r.set.catalog();
-            match self
+            let began = self.inner.clock.now();
+            let result = self
                 .attempt(
                     &call, &r.view, catalog, &r.route, r.deadline, &attempts, r.now,
                 )
-                .await
-            {
+                .await;
+            if let Err(e) = &result {
+                let ended = self.inner.clock.now();
+                tried.push(attempts::Tried {
+                    endpoint: catalog
+                        .try_endpoint(r.route.endpoint)
+                        .map_or_else(|| EndpointId::new("?"), |x| x.id.clone()),
+                    class: e.class(),
+                    // Cut at the deadline: the time it was given.
+                    waited: r
+                        .deadline
+                        .map_or(ended, |d| ended.min(d))
+                        .duration_since(began),
+                    at_deadline: r.deadline.is_some_and(|d| ended >= d),
+                });
+            }
+            match result {
                 Ok(response) => {
                     return self
                         .complete(
