@@ -163,6 +163,20 @@ pub enum EngineError {
         /// The save attempts made (each reloaded and reconciled the stored checkpoint first).
         attempts: u32,
     },
+    /// The session stayed suspended longer than its policy's `suspension.max_duration`: it was
+    /// given up (audited, its checkpoint removed) and cannot be resumed.
+    #[error(
+        "session `{session}` was suspended at {suspended_at} and stayed suspended longer than \
+         its policy's suspension.max_duration ({max_duration_ms} ms): it was given up"
+    )]
+    SuspensionExpired {
+        /// The session.
+        session: SessionId,
+        /// When it was suspended.
+        suspended_at: crate::clock::Timestamp,
+        /// The policy's limit, in milliseconds.
+        max_duration_ms: u64,
+    },
 }
 
 /// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).

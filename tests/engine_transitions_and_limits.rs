@@ -15,6 +15,7 @@ use downshift::engine::{
     Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
     TokenUsage,
 };
+use downshift::error::EngineError;
 use downshift::policy::PolicySet;
 use downshift::{
     CheckpointError, ContentDigest, ManualClock, OutcomeClass, SessionId, TenantId, Timestamp,
@@ -296,4 +297,99 @@ fn a_checkpoint_that_keeps_changing_ends_in_a_typed_error_after_bounded_retries(
     assert_eq!(cp.version, 3);
     assert_eq!(cp.state, json!({"from": "the other replica"}));
     assert!(kinds(&w.audit).is_empty());
+}
+
+fn clinical(session: &str) -> Call<Value> {
+    Call::new("hospital-network", "clinical_summarization", json!({}))
+        .session(session)
+        .state(json!({"note": session}))
+}
+
+/// Suspends `session` (the hospital's permitted EU endpoints all fail) and returns its token.
+fn suspend_clinical(w: &World, session: &str) -> ResumeToken {
+    for id in ["frontier-vendor-eu", "frontier-cloud-eu"] {
+        w.script.failing.lock().insert(id.into());
+    }
+    match block_on(w.engine.call(clinical(session))) {
+        CallResult::Suspended { resume_token, .. } => resume_token,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_session_suspended_past_max_duration_is_given_up_at_its_next_call() {
+    let w = world();
+    suspend_clinical(&w, "c1");
+    // The template's suspension.max_duration is 6h: at 5h the session is still suspended.
+    w.clock.advance(Duration::from_secs(5 * 3600));
+    assert!(matches!(
+        block_on(w.engine.call(clinical("c1"))),
+        CallResult::Suspended { .. }
+    ));
+    w.clock.advance(Duration::from_secs(3600));
+    match block_on(w.engine.call(clinical("c1"))) {
+        CallResult::Rejected(r) => {
+            assert_eq!(r.kind, RejectKind::SuspensionExpired);
+            assert!(r.message.contains("max_duration"), "{}", r.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Audited, with the checkpoint it gave up; the checkpoint is gone.
+    let records = w.audit.records();
+    verify(&records).unwrap();
+    let last = records.last().unwrap();
+    match &last.event.kind {
+        AuditEventKind::Rejection { reason } => {
+            assert!(reason.contains("suspension.max_duration (6h)"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(last.event.checkpoint.is_some());
+    assert!(
+        block_on(w.engine.checkpoints().load(&SessionId::new("c1")))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn resuming_a_session_past_max_duration_reports_it_given_up() {
+    let w = world();
+    let token = suspend_clinical(&w, "c2");
+    w.script.failing.lock().clear();
+    w.clock.advance(Duration::from_secs(7 * 3600));
+    // Its providers are back, but it outlived its limit: not listed as ready, and resume says why.
+    assert!(block_on(w.engine.ready_to_resume()).unwrap().is_empty());
+    let err = block_on(w.engine.resume(&SessionId::new("c2"), &token)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            downshift::Error::Engine(EngineError::SuspensionExpired { ref session, max_duration_ms, .. })
+                if session.as_str() == "c2" && max_duration_ms == 6 * 3600 * 1000
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn expire_suspensions_gives_up_every_expired_session_once_with_its_state() {
+    let w = world();
+    suspend_clinical(&w, "c3");
+    w.clock.advance(Duration::from_secs(3 * 3600));
+    suspend_clinical(&w, "c4");
+    w.clock.advance(Duration::from_secs(3 * 3600 + 1));
+    let given_up = block_on(w.engine.expire_suspensions()).unwrap();
+    assert_eq!(given_up.len(), 1, "only c3 is past 6h");
+    assert_eq!(given_up[0].session.as_str(), "c3");
+    assert_eq!(given_up[0].state, json!({"note": "c3"}));
+    assert_eq!(given_up[0].max_duration, Duration::from_secs(6 * 3600));
+    assert!(block_on(w.engine.expire_suspensions()).unwrap().is_empty());
+    // c4 is still suspended.
+    assert!(
+        block_on(w.engine.checkpoints().load(&SessionId::new("c4")))
+            .unwrap()
+            .unwrap()
+            .suspended
+            .is_some()
+    );
 }

@@ -40,6 +40,7 @@
 mod attempts;
 mod budget;
 mod client;
+mod expiry;
 mod result;
 mod sessionless;
 mod shared;
@@ -60,6 +61,7 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Sleeper, TokenUsage,
 };
+pub use expiry::GivenUp;
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shared::{
     ApprovalState, ApprovalStore, HealthExchange, MemoryApprovalStore, MemoryHealthExchange,
@@ -621,6 +623,32 @@ where
         };
         if let Some((token, retry_at, reason)) = session.as_ref().and_then(|s| s.suspended.clone())
         {
+            // Suspended longer than the policy allows: given up, not suspended forever.
+            let since = session.as_ref().and_then(|s| s.suspended_at);
+            if let (Some(sid), Some(since)) = (&call.session, since) {
+                let max =
+                    expiry::max_duration(&inner.policies.current(), &call.tenant, Some(&call.task));
+                if expiry::expired(since, max, start) {
+                    let given_up = match inner.checkpoints.load(sid).await {
+                        Ok(Some(cp)) => self.give_up_if_expired(cp, start).await,
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    };
+                    match given_up {
+                        Ok(Some(g)) => return Err(CallResult::Rejected(g.rejection())),
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(CallResult::Rejected(Rejection {
+                                kind: RejectKind::Durability,
+                                reason: None,
+                                message: format!(
+                                    "the expired suspension could not be given up: {e}"
+                                ),
+                            }));
+                        }
+                    }
+                }
+            }
             return Err(CallResult::Suspended {
                 resume_token: token,
                 retry_at,
@@ -1686,6 +1714,12 @@ where
             }
             .into());
         }
+        if let Some(g) = self
+            .give_up_if_expired(cp.clone(), self.inner.clock.now())
+            .await?
+        {
+            return Err(g.error().into());
+        }
         let mut resumed = cp.clone();
         resumed.suspended = None;
         resumed.created_at = self.inner.clock.now();
@@ -1773,6 +1807,14 @@ where
             for s in list.sessions {
                 let Some(susp) = s.suspended else { continue };
                 if susp.retry_at.is_some_and(|t| t > now) {
+                    continue;
+                }
+                // Past its policy's max_duration: it is given up, not resumed.
+                if expiry::expired(
+                    s.created_at,
+                    expiry::max_duration(&set, &s.tenant, s.task.as_ref()),
+                    now,
+                ) {
                     continue;
                 }
                 // The session's own view (its task's floor and tiers) decides whether it is back.

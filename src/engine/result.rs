@@ -115,6 +115,9 @@ pub enum RejectKind {
     /// A checkpoint or audit record could not be written, so the engine refused to act
     /// without its durable record.
     Durability,
+    /// The session stayed suspended longer than its policy's `suspension.max_duration` and was
+    /// given up (audited; its checkpoint removed).
+    SuspensionExpired,
 }
 
 /// A refused call.
