@@ -45,6 +45,7 @@ mod result;
 mod sessionless;
 mod shared;
 mod stream;
+mod workflow;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -55,6 +56,7 @@ use futures::future::{Either, select};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+pub use budget::{MemoryRetryBudget, RetryBudgetStore};
 #[cfg(feature = "tokio")]
 pub use client::TokioSleeper;
 pub use client::{
@@ -70,6 +72,7 @@ pub use shared::{
 pub use stream::{
     EventStream, Interrupted, Segment, StreamCompleted, StreamEnd, StreamEvent, StreamOutcome,
 };
+pub use workflow::{MemoryWorkflowStore, WorkflowState, WorkflowStore, WorkflowSuspension};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Endpoint, Requirements};
@@ -246,17 +249,10 @@ struct Inner<P, O> {
     exchange: Option<Arc<dyn HealthExchange>>,
     replica: String,
     freshness: Duration,
-    workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
+    workflows: Arc<dyn WorkflowStore>,
     sessionless: sessionless::SessionlessTiers,
-    retry_budget: budget::RetryBudget,
+    retry_budget: Arc<dyn RetryBudgetStore>,
     seed: u64,
-}
-
-/// What the engine keeps per workflow.
-#[derive(Debug, Clone, Default)]
-struct WorkflowState {
-    deadline: Option<Timestamp>,
-    suspended: Option<(String, Option<Timestamp>)>,
 }
 
 /// The engine: `Send + Sync`, cheap to clone, shared by every task of a process.
@@ -296,6 +292,8 @@ pub struct EngineBuilder<P, O> {
     notifier: Option<Arc<dyn Notifier>>,
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
+    retry_budget: Option<Arc<dyn RetryBudgetStore>>,
+    workflows: Option<Arc<dyn WorkflowStore>>,
     seed: u64,
 }
 
@@ -372,6 +370,21 @@ where
         self
     }
 
+    /// Where the retry budget is counted (default: a [`MemoryRetryBudget`] of this engine's
+    /// own). Give every replica the same replica-shared store to bound retries platform-wide.
+    pub fn retry_budget(mut self, budget: Arc<dyn RetryBudgetStore>) -> Self {
+        self.retry_budget = Some(budget);
+        self
+    }
+
+    /// Where workflow deadlines and suspensions are kept (default: a [`MemoryWorkflowStore`]
+    /// of this engine's own). Give every replica the same shared store so a workflow suspended
+    /// on one replica is suspended on all.
+    pub fn workflows(mut self, store: Arc<dyn WorkflowStore>) -> Self {
+        self.workflows = Some(store);
+        self
+    }
+
     /// The seed for this replica's deterministic choices (jitter, power of two choices).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -419,9 +432,13 @@ where
                 exchange: self.exchange,
                 replica: self.replica.unwrap_or_else(default_replica_name),
                 freshness: self.freshness,
-                workflows: Mutex::new(HashMap::new()),
+                workflows: self
+                    .workflows
+                    .unwrap_or_else(|| Arc::new(MemoryWorkflowStore::new())),
                 sessionless: sessionless::SessionlessTiers::default(),
-                retry_budget: budget::RetryBudget::new(),
+                retry_budget: self
+                    .retry_budget
+                    .unwrap_or_else(|| Arc::new(MemoryRetryBudget::new())),
                 seed: self.seed,
             }),
         })
@@ -481,6 +498,8 @@ where
             notifier: None,
             clock: None,
             sleeper: None,
+            retry_budget: None,
+            workflows: None,
             seed: 0,
         }
     }
@@ -655,11 +674,20 @@ where
                 reason,
             });
         }
-        let workflow = call
-            .workflow
-            .as_ref()
-            .map(|w| inner.workflows.lock().get(w).cloned().unwrap_or_default());
-        if let (Some((why, retry_at)), Some(w)) = (
+        let workflow = match &call.workflow {
+            Some(w) => match inner.workflows.get(w).await {
+                Ok(st) => Some(st.unwrap_or_default()),
+                Err(e) => return Err(CallResult::Rejected(workflow_store_error(&e))),
+            },
+            None => None,
+        };
+        if let (
+            Some(WorkflowSuspension {
+                reason: why,
+                retry_at,
+            }),
+            Some(w),
+        ) = (
             workflow.as_ref().and_then(|w| w.suspended.clone()),
             call.workflow.as_ref(),
         ) {
@@ -749,14 +777,21 @@ where
             let deadline = ctx.deadline;
             match inner.router.route(&ctx, now) {
                 Decision::Route(route) => {
-                    if !attempts.is_empty()
-                        && !inner.retry_budget.try_retry(&view.retry.budget, now)
-                    {
-                        return Err(CallResult::Rejected(Rejection {
-                            kind: RejectKind::RetryBudget,
-                            reason: Some(route.reason),
-                            message: "the platform's retry budget is spent: no further retry or fallback now".into(),
-                        }));
+                    if !attempts.is_empty() {
+                        let granted = inner.retry_budget.try_retry(&view.retry.budget, now).await;
+                        if !matches!(granted, Ok(true)) {
+                            let message = match granted {
+                                Err(e) => format!(
+                                    "the retry budget could not be checked ({e}): no further retry or fallback now"
+                                ),
+                                Ok(_) => "the platform's retry budget is spent: no further retry or fallback now".into(),
+                            };
+                            return Err(CallResult::Rejected(Rejection {
+                                kind: RejectKind::RetryBudget,
+                                reason: Some(route.reason),
+                                message,
+                            }));
+                        }
                     }
                     return Ok(Routed {
                         route,
@@ -1414,10 +1449,12 @@ where
             s.suspended_at = Some(now);
         });
         if let Some(w) = &call.workflow {
-            let mut wfs = self.inner.workflows.lock();
-            let st = wfs.entry(w.clone()).or_default();
-            if st.suspended.is_none() {
-                st.suspended = Some((message.clone(), retry_at));
+            let suspension = WorkflowSuspension {
+                reason: message.clone(),
+                retry_at,
+            };
+            if let Err(e) = self.inner.workflows.suspend(w, suspension).await {
+                return CallResult::Rejected(workflow_store_error(&e));
             }
         }
         if view.suspension.as_ref().is_some_and(|s| s.notify)
@@ -1857,23 +1894,33 @@ where
 
     /// Sets the deadline of a workflow: every call of its sub-agent sessions must finish by it
     /// (the earlier of the call's own deadline and this one applies).
-    pub fn set_workflow_deadline(&self, workflow: &WorkflowId, deadline: Timestamp) {
-        self.inner
+    ///
+    /// # Errors
+    /// A [`WorkflowStore`] error.
+    pub async fn set_workflow_deadline(
+        &self,
+        workflow: &WorkflowId,
+        deadline: Timestamp,
+    ) -> Result<(), Error> {
+        Ok(self
+            .inner
             .workflows
-            .lock()
-            .entry(workflow.clone())
-            .or_default()
-            .deadline = Some(deadline);
+            .set_deadline(workflow, deadline)
+            .await?)
     }
 
-    /// Whether a workflow is suspended (one of its sessions was, so all of them are).
-    #[must_use]
-    pub fn workflow_suspended(&self, workflow: &WorkflowId) -> bool {
-        self.inner
+    /// Whether a workflow is suspended (one of its sessions was, so all of them are), as the
+    /// [`WorkflowStore`] says.
+    ///
+    /// # Errors
+    /// A [`WorkflowStore`] error.
+    pub async fn workflow_suspended(&self, workflow: &WorkflowId) -> Result<bool, Error> {
+        Ok(self
+            .inner
             .workflows
-            .lock()
             .get(workflow)
-            .is_some_and(|w| w.suspended.is_some())
+            .await?
+            .is_some_and(|w| w.suspended.is_some()))
     }
 
     /// Resumes every suspended session of a tenant's workflow together, and lifts the
@@ -1906,9 +1953,7 @@ where
                 Err(e) => return Err(e),
             }
         }
-        if let Some(w) = self.inner.workflows.lock().get_mut(workflow) {
-            w.suspended = None;
-        }
+        self.inner.workflows.lift(workflow).await?;
         Ok(out)
     }
 
@@ -2191,6 +2236,14 @@ fn store_error(e: &EngineError) -> Rejection {
         kind: RejectKind::Durability,
         reason: None,
         message: format!("the approval store could not be used, so the switch was not made: {e}"),
+    }
+}
+
+fn workflow_store_error(e: &EngineError) -> Rejection {
+    Rejection {
+        kind: RejectKind::Durability,
+        reason: None,
+        message: format!("the workflow store could not be used, so the call was not made: {e}"),
     }
 }
 
