@@ -177,6 +177,19 @@ pub enum EngineError {
         /// The policy's limit, in milliseconds.
         max_duration_ms: u64,
     },
+    /// A policy reload changes what the engine's endpoint health is built from (the catalog's
+    /// endpoint list, or the platform's breaker, latency, half-open or open-wait settings).
+    /// Nothing was changed: build a new engine to apply it.
+    #[error(
+        "the reload changes `{field}` ({detail}): the engine's endpoint health is built from it, \
+         so build a new engine to apply it; the active policy set is unchanged"
+    )]
+    ReloadNeedsNewEngine {
+        /// The field, e.g. `catalog.endpoints` or `platform policy: triggers.breaker`.
+        field: String,
+        /// What changed.
+        detail: String,
+    },
 }
 
 /// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).

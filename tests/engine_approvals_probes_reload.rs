@@ -10,6 +10,7 @@ use downshift::engine::{
     Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
     TokenUsage,
 };
+use downshift::error::EngineError;
 use downshift::policy::{PolicySet, Source};
 use downshift::{EndpointId, ManualClock, OutcomeClass, Timestamp};
 use futures::executor::block_on;
@@ -267,4 +268,82 @@ fn rate_limit_headers_on_successes_move_traffic_off_before_any_429() {
         CallResult::Completed(c) => assert_ne!(c.served_by.endpoint.as_str(), "frontier-vendor-eu"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The example sources with `edit` applied to the file named `file` (parsed as JSON).
+fn edited(file: &str, edit: impl Fn(&mut Value)) -> Vec<Source> {
+    let mut sources = Source::read_paths(&["examples/policies"]).unwrap();
+    for s in &mut sources {
+        if s.name.ends_with(file) {
+            let mut v: Value = serde_json::from_str(&s.text).unwrap();
+            edit(&mut v);
+            s.text = serde_json::to_string(&v).unwrap();
+        }
+    }
+    sources
+}
+
+#[test]
+fn a_reload_that_changes_the_breaker_or_the_endpoint_list_is_refused_naming_the_field() {
+    let w = world();
+    let digest = w.engine.policies().current().digest().clone();
+    let breaker = edited("platform.json", |v| {
+        v["triggers"]["breaker"]["min_calls"] = json!(40);
+    });
+    match block_on(w.engine.reload(breaker)) {
+        Err(downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { field, .. })) => {
+            assert_eq!(field, "platform policy: triggers.breaker")
+        }
+        other => panic!("{other:?}"),
+    }
+    let open_wait = edited("platform.json", |v| {
+        v["recovery"]["open_wait"]["initial"] = json!("45s");
+    });
+    match block_on(w.engine.reload(open_wait)) {
+        Err(downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { field, .. })) => {
+            assert_eq!(field, "platform policy: recovery.open_wait")
+        }
+        other => panic!("{other:?}"),
+    }
+    let added = edited("catalog.json", |v| {
+        let eps = v["endpoints"].as_array_mut().unwrap();
+        let mut copy = eps[0].clone();
+        copy["id"] = json!("frontier-vendor-ap");
+        eps.push(copy);
+    });
+    match block_on(w.engine.reload(added)) {
+        Err(e @ downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { .. })) => {
+            let text = e.to_string();
+            assert!(text.contains("`catalog.endpoints`"), "{text}");
+            assert!(
+                text.contains("added [\"frontier-vendor-ap\"]"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was applied or recorded.
+    assert_eq!(w.engine.policies().current().digest(), &digest);
+    assert!(w.audit.records().is_empty());
+}
+
+#[test]
+fn a_reload_that_changes_an_endpoints_price_applies_to_the_running_engine() {
+    let w = world();
+    let before = w.engine.policies().current().digest().clone();
+    let cheaper = edited("catalog.json", |v| {
+        for e in v["endpoints"].as_array_mut().unwrap() {
+            if e["id"] == "mid70b-selfhosted-eu" {
+                e["pricing"]["input_per_mtok"] = json!(0.05);
+            }
+        }
+    });
+    let set = block_on(w.engine.reload(cheaper)).unwrap();
+    assert_ne!(set.digest(), &before);
+    let mid = set.catalog().index_of("mid70b-selfhosted-eu").unwrap();
+    assert_eq!(set.catalog().endpoint(mid).pricing.input_per_mtok, 0.05);
+    assert!(matches!(
+        w.audit.records()[0].event.kind,
+        AuditEventKind::PolicyActivation { .. }
+    ));
 }

@@ -41,6 +41,7 @@ mod attempts;
 mod budget;
 mod client;
 mod expiry;
+mod reload;
 mod result;
 mod sessionless;
 mod shared;
@@ -2108,15 +2109,27 @@ where
     /// Validates `sources` whole and, if valid, makes them the active policy set, recording the
     /// activation in the audit log. A rejected set leaves the old one active.
     ///
+    /// The catalog's endpoint details (models, prices, capabilities, regions, quality) and every
+    /// tenant setting apply at once. Changes to the catalog's endpoint list (ids, order) or to
+    /// the platform's breaker, latency, half-open and open-wait settings are refused with
+    /// [`EngineError::ReloadNeedsNewEngine`] naming the field: the endpoint health is built
+    /// from them (and may be shared by several engines); build a new engine to change them.
+    ///
     /// # Errors
-    /// The validation errors, or an audit error (the new set is then active but unrecorded:
+    /// The validation errors, [`EngineError::ReloadNeedsNewEngine`], or an audit error (the new set is then active but unrecorded:
     /// the error says so).
     pub async fn reload(
         &self,
         sources: impl IntoIterator<Item = Source>,
     ) -> Result<Arc<PolicySet>, Error> {
-        let previous = self.inner.policies.current().digest().clone();
-        let set = self.inner.policies.reload(sources)?;
+        let current = self.inner.policies.current();
+        let previous = current.digest().clone();
+        let next = PolicySet::from_sources(sources)?;
+        if let Some(e) = reload::incompatible(&current, &next) {
+            return Err(e.into());
+        }
+        self.inner.policies.replace(next);
+        let set = self.inner.policies.current();
         // The new ladders may be numbered differently: sessionless traffic's next move is
         // recorded from its top tier again.
         self.inner.sessionless.clear();
