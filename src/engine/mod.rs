@@ -84,7 +84,8 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{CheckpointError, EngineError, Error};
 use crate::id::{EndpointId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::policy::{
-    Exhausted, Notification, PolicySet, PolicyStore, Replay, ResolvedPolicy, Source,
+    ApprovalLifetime, Exhausted, Notification, PolicySet, PolicyStore, Replay, ResolvedPolicy,
+    Source,
 };
 use crate::router::{
     ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route, TierRouter,
@@ -203,6 +204,8 @@ struct SessionState {
     /// When the suspension began (its checkpoint's time), for `suspension.max_duration`.
     suspended_at: Option<Timestamp>,
     version: Option<u64>,
+    /// A granted approval held while the session stays on this tier (`while_on_tier`).
+    grant: Option<(ApprovalTicket, u32)>,
 }
 
 const SHARDS: usize = 32;
@@ -554,6 +557,7 @@ where
                     (s.resume_token, s.retry_at, reason)
                 }),
                 version: Some(cp.version),
+                grant: None,
             },
             None => SessionState::default(),
         };
@@ -719,6 +723,7 @@ where
             session,
             workflow_deadline: workflow.and_then(|w| w.deadline),
             approved_to: None,
+            approved_ticket: None,
         })
     }
 
@@ -826,6 +831,7 @@ where
                     {
                         Gate::Proceed(tier) if pre.approved_to.is_none_or(|a| a < tier) => {
                             pre.approved_to = Some(tier);
+                            pre.approved_ticket = Some(ticket);
                         }
                         Gate::Proceed(_) => {
                             return Err(CallResult::Rejected(Rejection {
@@ -923,7 +929,7 @@ where
                             catalog,
                             &r.route,
                             response,
-                            pre.session.as_ref(),
+                            Some(&pre),
                             &attempts,
                             &mut audit_seqs,
                         )
@@ -1131,11 +1137,13 @@ where
         catalog: &Catalog,
         route: &Route,
         response: ModelResponse<R>,
-        session: Option<&SessionState>,
+        pre: Option<&Preflight>,
         attempts: &[Attempt],
         audit_seqs: &mut Vec<u64>,
     ) -> CallResult<R> {
         let inner = &*self.inner;
+        let session = pre.and_then(|p| p.session.as_ref());
+        let approved = pre.and_then(|p| p.approved_ticket);
         let now = inner.clock.now();
         let top = view.top_tier().unwrap_or(0);
         // Sessionless traffic audits transitions of its (tenant, task): the tier it was last
@@ -1202,13 +1210,19 @@ where
                     }
                 }
                 Err(r) => {
-                    if let Some(sessionless::Claim::Moved { from, prev }) = claim {
+                    if let Some(sessionless::Claim::Moved { from, prev, .. }) = claim {
                         inner
                             .sessionless
                             .revert(&call.tenant, &call.task, route.tier, from, prev);
                     }
                     return CallResult::Rejected(r);
                 }
+            }
+            if let Err(r) = self
+                .spend_grants(call, view, session, claim, approved, route.tier)
+                .await
+            {
+                return CallResult::Rejected(r);
             }
             if route.notice || (view.notification == Notification::Realtime && moved) {
                 let endpoint = catalog
@@ -1255,6 +1269,51 @@ where
             policy_digest: view.digest.clone(),
             audit: std::mem::take(audit_seqs),
         }))
+    }
+
+    /// Approval grants after a move to `tier` (see the policy's `approval_lifetime`): a grant
+    /// held on the tier the session (or sessionless traffic) left is spent; the grant this
+    /// switch rests on is spent at once (`single_switch`) or held while it stays on `tier`
+    /// (`while_on_tier`).
+    async fn spend_grants(
+        &self,
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        session: Option<&SessionState>,
+        claim: Option<sessionless::Claim>,
+        approved: Option<ApprovalTicket>,
+        tier: u32,
+    ) -> Result<(), Rejection> {
+        let inner = &*self.inner;
+        let left = match claim {
+            Some(sessionless::Claim::Moved { grant, .. }) => grant,
+            _ => session.and_then(|s| s.grant).map(|(t, _)| t),
+        };
+        let mut spent: Vec<ApprovalTicket> = left.into_iter().collect();
+        if let Some(sid) = &call.session {
+            inner.sessions.update(sid, |s| s.grant = None);
+        }
+        if let Some(ticket) = approved {
+            match view.approval_lifetime {
+                ApprovalLifetime::SingleSwitch => spent.push(ticket),
+                ApprovalLifetime::WhileOnTier => match &call.session {
+                    Some(sid) => inner
+                        .sessions
+                        .update(sid, |s| s.grant = Some((ticket, tier))),
+                    None => inner
+                        .sessionless
+                        .hold_grant(&call.tenant, &call.task, tier, ticket),
+                },
+            }
+        }
+        for t in spent {
+            inner
+                .approvals
+                .remove_granted(t)
+                .await
+                .map_err(|e| store_error(&e))?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1322,6 +1381,7 @@ where
                                         suspended: Some(copy),
                                         suspended_at: Some(c.created_at),
                                         version: Some(c.version),
+                                        grant: None,
                                     };
                                 });
                                 return Err(SaveError::SuspendedElsewhere {
@@ -2151,6 +2211,8 @@ struct Preflight {
     session: Option<SessionState>,
     workflow_deadline: Option<Timestamp>,
     approved_to: Option<u32>,
+    /// The granted approval this call's switch rests on.
+    approved_ticket: Option<ApprovalTicket>,
 }
 
 /// A routed attempt and the policy it was decided under.

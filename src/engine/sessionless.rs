@@ -5,6 +5,7 @@
 use parking_lot::Mutex;
 
 use crate::id::{TaskKind, TenantId};
+use crate::router::ApprovalTicket;
 
 /// hashbrown with its default (foldhash, randomly seeded) hasher.
 type Map<K, V> = hashbrown::HashMap<K, V>;
@@ -14,6 +15,9 @@ struct Entry {
     tier: u32,
     /// The audit record of the transition to `tier`; `None` while it is being written.
     seq: Option<u64>,
+    /// A granted approval held while the traffic stays on `tier` (`approval_lifetime:
+    /// while_on_tier`).
+    grant: Option<ApprovalTicket>,
 }
 
 /// What a served sessionless call found.
@@ -28,6 +32,8 @@ pub(crate) enum Claim {
         from: u32,
         /// The record of the transition to `from`, if any.
         prev: Option<u64>,
+        /// A grant held on `from`, now spent (the traffic left the tier).
+        grant: Option<ApprovalTicket>,
     },
 }
 
@@ -49,19 +55,30 @@ impl SessionlessTiers {
             let moved = Claim::Moved {
                 from: e.tier,
                 prev: e.seq,
+                grant: e.grant,
             };
-            *e = Entry { tier, seq: None };
+            *e = Entry {
+                tier,
+                seq: None,
+                grant: None,
+            };
             return moved;
         }
         if tier == top {
             return Claim::Same(None);
         }
-        map.entry(tenant.clone())
-            .or_default()
-            .insert(task.clone(), Entry { tier, seq: None });
+        map.entry(tenant.clone()).or_default().insert(
+            task.clone(),
+            Entry {
+                tier,
+                seq: None,
+                grant: None,
+            },
+        );
         Claim::Moved {
             from: top,
             prev: None,
+            grant: None,
         }
     }
 
@@ -91,7 +108,24 @@ impl SessionlessTiers {
                 *e = Entry {
                     tier: from,
                     seq: prev,
+                    grant: None,
                 };
+            }
+        }
+    }
+
+    /// Holds `ticket` while the traffic stays on `tier`.
+    pub(crate) fn hold_grant(
+        &self,
+        tenant: &TenantId,
+        task: &TaskKind,
+        tier: u32,
+        ticket: ApprovalTicket,
+    ) {
+        let mut map = self.map.lock();
+        if let Some(e) = map.get_mut(tenant).and_then(|t| t.get_mut(task)) {
+            if e.tier == tier {
+                e.grant = Some(ticket);
             }
         }
     }
@@ -115,7 +149,8 @@ mod tests {
             s.claim(&t, &k, 2, 0),
             Claim::Moved {
                 from: 0,
-                prev: None
+                prev: None,
+                grant: None
             }
         );
         assert_eq!(s.claim(&t, &k, 2, 0), Claim::Same(None));
@@ -125,7 +160,8 @@ mod tests {
             s.claim(&t, &k, 0, 0),
             Claim::Moved {
                 from: 2,
-                prev: Some(7)
+                prev: Some(7),
+                grant: None
             }
         );
         s.revert(&t, &k, 0, 2, Some(7));
