@@ -2272,7 +2272,9 @@ fn deadline_error() -> ModelError {
 /// How many times a checkpoint save is tried when other replicas keep changing it.
 const SAVE_ATTEMPTS: u32 = 3;
 
-/// Why a checkpoint save did not happen.
+/// Why a checkpoint save did not happen. Returned once per failed save; boxing the refusal
+/// would only make matching on it clumsier.
+#[allow(clippy::large_enum_variant)]
 enum SaveError {
     /// The store failed, or the checkpoint kept changing: the transition is refused.
     Rejected(Rejection),
