@@ -44,6 +44,33 @@ fn engine(fail: Option<&'static str>) -> Engine<(), ()> {
         .expect("engine")
 }
 
+/// An engine whose primary tier is blocked (the EU endpoint fails, the US one has a retry-after
+/// in force), so the marketing tenant's calls are served by tier 2.
+fn degraded_engine() -> Engine<(), ()> {
+    let degraded = engine(Some("frontier-vendor-eu"));
+    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
+    let someone = downshift::TenantId::new("x");
+    let blocked = downshift::Observation::new(
+        degraded
+            .policies()
+            .current()
+            .catalog()
+            .index_of("frontier-vendor-us")
+            .expect("endpoint"),
+        &someone,
+        OutcomeClass::RateLimited,
+        Timestamp::from_millis(1_795_000_000_000),
+        Duration::ZERO,
+    )
+    .retry_after(Duration::from_secs(3600));
+    degraded
+        .evaluator()
+        .observe(&blocked, Timestamp::from_millis(1_795_000_000_000))
+        .expect("observe");
+    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
+    degraded
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     g.measurement_time(Duration::from_secs(4));
@@ -68,36 +95,52 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    // The primary is blocked (retry-after in force), so every sessionless call falls to tier 2
-    // and writes a tier-change record to the in-memory audit sink.
-    let degraded = engine(Some("frontier-vendor-eu"));
-    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
-    let someone = downshift::TenantId::new("x");
-    let blocked = downshift::Observation::new(
-        degraded
-            .policies()
-            .current()
-            .catalog()
-            .index_of("frontier-vendor-us")
-            .expect("endpoint"),
-        &someone,
-        OutcomeClass::RateLimited,
-        Timestamp::from_millis(1_795_000_000_000),
-        Duration::ZERO,
-    )
-    .retry_after(Duration::from_secs(3600));
-    degraded
-        .evaluator()
-        .observe(&blocked, Timestamp::from_millis(1_795_000_000_000))
-        .expect("observe");
-    let _ = block_on(degraded.call(Call::new("marketing-agency", "copywriting", ())));
-    g.bench_function("degraded_call_audited", |b| {
+    // The primary is blocked (retry-after in force), so every call falls to tier 2.
+    let degraded = degraded_engine();
+    // Sessionless traffic records its transition once: these calls write no record.
+    g.bench_function("degraded_sessionless_call", |b| {
         b.iter(|| {
             let r = block_on(degraded.call(Call::new(tenant.clone(), task.clone(), ())));
             match r {
                 CallResult::Completed(c) => assert!(c.degraded),
                 other => panic!("{}", other.outcome()),
             }
+        });
+    });
+    // Every call is a new session's first, served below its top tier: a tier change with its
+    // audit record in the in-memory sink (no state given, so no checkpoint). Sessions are
+    // forgotten outside the timed loop.
+    // Every call is a session's first, served below its top tier: a tier change with its
+    // audit record in the in-memory sink (no state given, so no checkpoint). As in the
+    // durability bench, each sample starts from a fresh engine and log, and 1,024 session ids
+    // are reused, each forgotten (outside the timed loop) before it calls again.
+    g.bench_function("degraded_session_call_audited", |b| {
+        let sessions: Vec<downshift::SessionId> = (0..1024)
+            .map(|i| downshift::SessionId::new(format!("d-{i}")))
+            .collect();
+        b.iter_custom(|iters| {
+            let engine = degraded_engine();
+            let mut elapsed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = usize::try_from(left.min(1024)).unwrap();
+                let start = std::time::Instant::now();
+                for s in &sessions[..n] {
+                    let r = block_on(
+                        engine.call(Call::new(tenant.clone(), task.clone(), ()).session(s.clone())),
+                    );
+                    match r {
+                        CallResult::Completed(c) => assert!(c.degraded && c.audit.len() == 1),
+                        other => panic!("{}", other.outcome()),
+                    }
+                }
+                elapsed += start.elapsed();
+                for s in &sessions[..n] {
+                    engine.forget_session(s);
+                }
+                left -= n as u64;
+            }
+            elapsed
         });
     });
     g.finish();

@@ -26,13 +26,14 @@ impl ContentDigest {
 
     fn from_hash(hash: &[u8]) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(7 + 2 * hash.len());
-        s.push_str("sha256:");
+        let mut s = Vec::with_capacity(7 + 2 * hash.len());
+        s.extend_from_slice(b"sha256:");
         for &b in hash {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 0xf)]));
+            s.push(HEX[usize::from(b >> 4)]);
+            s.push(HEX[usize::from(b & 0xf)]);
         }
-        ContentDigest(s)
+        // Only ASCII was written.
+        ContentDigest(String::from_utf8(s).unwrap_or_default())
     }
 
     /// The digest of a value's canonical JSON form.

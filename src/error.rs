@@ -154,6 +154,45 @@ pub enum EngineError {
         /// The session.
         session: SessionId,
     },
+    /// A checkpoint save kept meeting compare-and-swap conflicts: other replicas are writing the
+    /// session's checkpoint at the same time. Nothing was written.
+    #[error(
+        "session `{session}`'s checkpoint changed under each of {attempts} compare-and-swap \
+         attempts (other replicas are writing it): the transition was not made"
+    )]
+    CheckpointContention {
+        /// The session.
+        session: SessionId,
+        /// The save attempts made (each reloaded and reconciled the stored checkpoint first).
+        attempts: u32,
+    },
+    /// The session stayed suspended longer than its policy's `suspension.max_duration`: it was
+    /// given up (audited, its checkpoint removed) and cannot be resumed.
+    #[error(
+        "session `{session}` was suspended at {suspended_at} and stayed suspended longer than \
+         its policy's suspension.max_duration ({max_duration_ms} ms): it was given up"
+    )]
+    SuspensionExpired {
+        /// The session.
+        session: SessionId,
+        /// When it was suspended.
+        suspended_at: crate::clock::Timestamp,
+        /// The policy's limit, in milliseconds.
+        max_duration_ms: u64,
+    },
+    /// A policy reload changes what the engine's endpoint health is built from (the catalog's
+    /// endpoint list, or the platform's breaker, latency, half-open or open-wait settings).
+    /// Nothing was changed: build a new engine to apply it.
+    #[error(
+        "the reload changes `{field}` ({detail}): the engine's endpoint health is built from it, \
+         so build a new engine to apply it; the active policy set is unchanged"
+    )]
+    ReloadNeedsNewEngine {
+        /// The field, e.g. `catalog.endpoints` or `platform policy: triggers.breaker`.
+        field: String,
+        /// What changed.
+        detail: String,
+    },
 }
 
 /// Errors from a [`CheckpointStore`](crate::checkpoint::CheckpointStore).

@@ -10,6 +10,7 @@ use downshift::engine::{
     Call, CallResult, Engine, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
     TokenUsage,
 };
+use downshift::error::EngineError;
 use downshift::policy::{PolicySet, Source};
 use downshift::{EndpointId, ManualClock, OutcomeClass, Timestamp};
 use futures::executor::block_on;
@@ -267,4 +268,177 @@ fn rate_limit_headers_on_successes_move_traffic_off_before_any_429() {
         CallResult::Completed(c) => assert_ne!(c.served_by.endpoint.as_str(), "frontier-vendor-eu"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The example sources with `edit` applied to the file named `file` (parsed as JSON).
+fn edited(file: &str, edit: impl Fn(&mut Value)) -> Vec<Source> {
+    let mut sources = Source::read_paths(&["examples/policies"]).unwrap();
+    for s in &mut sources {
+        if s.name.ends_with(file) {
+            let mut v: Value = serde_json::from_str(&s.text).unwrap();
+            edit(&mut v);
+            s.text = serde_json::to_string(&v).unwrap();
+        }
+    }
+    sources
+}
+
+#[test]
+fn a_reload_that_changes_the_breaker_or_the_endpoint_list_is_refused_naming_the_field() {
+    let w = world();
+    let digest = w.engine.policies().current().digest().clone();
+    let breaker = edited("platform.json", |v| {
+        v["triggers"]["breaker"]["min_calls"] = json!(40);
+    });
+    match block_on(w.engine.reload(breaker)) {
+        Err(downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { field, .. })) => {
+            assert_eq!(field, "platform policy: triggers.breaker")
+        }
+        other => panic!("{other:?}"),
+    }
+    let open_wait = edited("platform.json", |v| {
+        v["recovery"]["open_wait"]["initial"] = json!("45s");
+    });
+    match block_on(w.engine.reload(open_wait)) {
+        Err(downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { field, .. })) => {
+            assert_eq!(field, "platform policy: recovery.open_wait")
+        }
+        other => panic!("{other:?}"),
+    }
+    let added = edited("catalog.json", |v| {
+        let eps = v["endpoints"].as_array_mut().unwrap();
+        let mut copy = eps[0].clone();
+        copy["id"] = json!("frontier-vendor-ap");
+        eps.push(copy);
+    });
+    match block_on(w.engine.reload(added)) {
+        Err(e @ downshift::Error::Engine(EngineError::ReloadNeedsNewEngine { .. })) => {
+            let text = e.to_string();
+            assert!(text.contains("`catalog.endpoints`"), "{text}");
+            assert!(text.contains("added [\"frontier-vendor-ap\"]"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing was applied or recorded.
+    assert_eq!(w.engine.policies().current().digest(), &digest);
+    assert!(w.audit.records().is_empty());
+}
+
+#[test]
+fn a_reload_that_changes_an_endpoints_price_applies_to_the_running_engine() {
+    let w = world();
+    let before = w.engine.policies().current().digest().clone();
+    let cheaper = edited("catalog.json", |v| {
+        for e in v["endpoints"].as_array_mut().unwrap() {
+            if e["id"] == "mid70b-selfhosted-eu" {
+                e["pricing"]["input_per_mtok"] = json!(0.05);
+            }
+        }
+    });
+    let set = block_on(w.engine.reload(cheaper)).unwrap();
+    assert_ne!(set.digest(), &before);
+    let mid = set.catalog().index_of("mid70b-selfhosted-eu").unwrap();
+    assert_eq!(set.catalog().endpoint(mid).pricing.input_per_mtok, 0.05);
+    assert!(matches!(
+        w.audit.records()[0].event.kind,
+        AuditEventKind::PolicyActivation { .. }
+    ));
+}
+
+/// A world whose fintech policy sets `constraints.approval_lifetime`.
+fn world_with_lifetime(lifetime: &str) -> World {
+    let w = world();
+    let sources = edited("fintech.json", |v| {
+        v["constraints"]["approval_lifetime"] = json!(lifetime);
+    });
+    let set = PolicySet::from_sources(sources).unwrap();
+    let engine = Engine::builder(set, Arc::new(Scripted(Arc::clone(&w.script))))
+        .clock(Arc::new(w.clock.clone()))
+        .audit(w.audit.clone())
+        .build()
+        .unwrap();
+    World { engine, ..w }
+}
+
+fn gateway_risk() -> Call<Value> {
+    Call::new("fintech", "risk_assessment", json!({}))
+}
+
+/// Asks for the switch, approves it, and checks the next call is served by tier 1.
+fn approve_switch(w: &World, call: impl Fn() -> Call<Value>) {
+    let CallResult::AwaitingApproval { ticket, .. } = block_on(w.engine.call(call())) else {
+        panic!("expected an approval request");
+    };
+    block_on(w.engine.approve(ticket, "officer-1")).unwrap();
+    match block_on(w.engine.call(call())) {
+        CallResult::Completed(c) => assert_eq!(c.served_by.tier, 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_single_switch_grant_is_spent_by_its_switch() {
+    let w = world(); // single_switch is the default
+    w.script.failing.lock().insert("frontier-vendor-us".into());
+    approve_switch(&w, gateway_risk);
+    // Each sessionless call is routed from the top: the next one is a new switch, asked again.
+    assert!(matches!(
+        block_on(w.engine.call(gateway_risk())),
+        CallResult::AwaitingApproval { .. }
+    ));
+    // A session that lost its tier (forgotten) asks again too.
+    approve_switch(&w, risk);
+    w.engine
+        .forget_session(&downshift::SessionId::new("risk-1"));
+    // `risk()` carries state, so its move was checkpointed: the session is still on tier 1 and
+    // needs no switch. Without state it would ask again.
+    assert!(matches!(
+        block_on(w.engine.call(risk())),
+        CallResult::Completed(_)
+    ));
+    let stateless = || Call::new("fintech", "risk_assessment", json!({})).session("risk-2");
+    approve_switch(&w, stateless);
+    w.engine
+        .forget_session(&downshift::SessionId::new("risk-2"));
+    assert!(matches!(
+        block_on(w.engine.call(stateless())),
+        CallResult::AwaitingApproval { .. }
+    ));
+}
+
+#[test]
+fn a_while_on_tier_grant_holds_until_the_traffic_leaves_the_tier() {
+    let w = world_with_lifetime("while_on_tier");
+    w.script.failing.lock().insert("frontier-vendor-us".into());
+    approve_switch(&w, gateway_risk);
+    for _ in 0..3 {
+        match block_on(w.engine.call(gateway_risk())) {
+            CallResult::Completed(c) => assert_eq!(c.served_by.tier, 1),
+            other => panic!("{other:?}"),
+        }
+    }
+    let stateless = || Call::new("fintech", "risk_assessment", json!({})).session("risk-3");
+    approve_switch(&w, stateless);
+    w.engine
+        .forget_session(&downshift::SessionId::new("risk-3"));
+    assert!(matches!(
+        block_on(w.engine.call(stateless())),
+        CallResult::Completed(_)
+    ));
+    // The primary recovers: the gateway traffic moves back to tier 0, which spends its grant;
+    // the next outage asks again.
+    w.script.failing.lock().clear();
+    w.clock.advance(Duration::from_secs(3600));
+    let mut on_top = false;
+    for _ in 0..5 {
+        if let CallResult::Completed(c) = block_on(w.engine.call(gateway_risk())) {
+            on_top |= c.served_by.tier == 0;
+        }
+    }
+    assert!(on_top);
+    w.script.failing.lock().insert("frontier-vendor-us".into());
+    assert!(matches!(
+        block_on(w.engine.call(gateway_risk())),
+        CallResult::AwaitingApproval { .. }
+    ));
 }

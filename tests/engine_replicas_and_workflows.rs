@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use downshift::audit::{MemoryAuditSink, verify};
-use downshift::checkpoint::MemoryCheckpointStore;
+use downshift::checkpoint::{CheckpointStore, MemoryCheckpointStore};
 use downshift::engine::{
-    Call, CallResult, Engine, MemoryApprovalStore, MemoryHealthExchange, ModelClient, ModelError,
-    ModelRequest, ModelResponse, RejectKind, Sleeper, TokenUsage,
+    Call, CallResult, Engine, MemoryApprovalStore, MemoryHealthExchange, MemoryRetryBudget,
+    MemoryWorkflowStore, ModelClient, ModelError, ModelRequest, ModelResponse, RejectKind,
+    RetryBudgetStore, Sleeper, TokenUsage,
 };
-use downshift::policy::PolicySet;
-use downshift::{ManualClock, OutcomeClass, SessionId, TenantId, Timestamp, WorkflowId};
+use downshift::error::EngineError;
+use downshift::policy::{PolicySet, RetryBudget};
+use downshift::{Clock, ManualClock, OutcomeClass, SessionId, TenantId, Timestamp, WorkflowId};
 use futures::executor::block_on;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -54,6 +56,8 @@ struct Shared {
     audit: Arc<MemoryAuditSink>,
     approvals: Arc<MemoryApprovalStore>,
     exchange: Arc<MemoryHealthExchange>,
+    workflows: Arc<MemoryWorkflowStore>,
+    budget: Arc<MemoryRetryBudget>,
     clock: ManualClock,
     script: Arc<Script>,
 }
@@ -64,6 +68,8 @@ fn shared() -> Shared {
         audit: Arc::new(MemoryAuditSink::new()),
         approvals: Arc::new(MemoryApprovalStore::new()),
         exchange: Arc::new(MemoryHealthExchange::new()),
+        workflows: Arc::new(MemoryWorkflowStore::new()),
+        budget: Arc::new(MemoryRetryBudget::new()),
         clock: ManualClock::new(Timestamp::from_millis(T0)),
         script: Arc::new(Script::default()),
     }
@@ -78,6 +84,8 @@ fn replica(s: &Shared, name: &str, seed: u64) -> Engine {
     .audit(s.audit.clone())
     .approvals(s.approvals.clone())
     .health_exchange(s.exchange.clone())
+    .workflows(s.workflows.clone())
+    .retry_budget(s.budget.clone())
     .replica(name)
     .clock(Arc::new(s.clock.clone()))
     .seed(seed)
@@ -250,7 +258,7 @@ fn suspending_one_sub_agent_suspends_its_workflow_and_they_resume_together() {
         block_on(e.call(sub("w-a"))),
         CallResult::Suspended { .. }
     ));
-    assert!(e.workflow_suspended(&wf));
+    assert!(block_on(e.workflow_suspended(&wf)).unwrap());
     // The sibling is suspended at its next call, with its own checkpoint, without calling out.
     let before = s.script.calls.load(Ordering::Relaxed);
     assert!(matches!(
@@ -263,7 +271,7 @@ fn suspending_one_sub_agent_suspends_its_workflow_and_they_resume_together() {
     let mut ids: Vec<&str> = resumed.iter().map(|r| r.session.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["w-a", "w-b"]);
-    assert!(!e.workflow_suspended(&wf));
+    assert!(!block_on(e.workflow_suspended(&wf)).unwrap());
     assert!(matches!(
         block_on(e.call(sub("w-b"))),
         CallResult::Completed(_)
@@ -305,7 +313,7 @@ fn a_workflow_deadline_bounds_its_sub_agents_calls_and_an_unreachable_one_return
     .build()
     .unwrap();
     let wf = WorkflowId::new("batch-7");
-    e.set_workflow_deadline(&wf, Timestamp::from_millis(T0));
+    block_on(e.set_workflow_deadline(&wf, Timestamp::from_millis(T0))).unwrap();
     let r = block_on(
         e.call(Call::new("marketing-agency", "copywriting", json!({})).workflow("batch-7")),
     );
@@ -367,4 +375,145 @@ async fn thirty_two_tasks_of_a_thousand_calls_each_end_in_exactly_one_outcome() 
         );
     }
     let _ = report;
+}
+
+#[test]
+fn a_workflow_suspended_on_one_replica_is_suspended_on_the_other() {
+    let s = shared();
+    let (a, b) = (replica(&s, "a", 1), replica(&s, "b", 2));
+    let wf = WorkflowId::new("discharge-77");
+    let sub = |sid: &str| hospital(sid).workflow("discharge-77");
+    for id in ["frontier-vendor-eu", "frontier-cloud-eu"] {
+        s.script
+            .failing
+            .lock()
+            .insert(id.into(), OutcomeClass::Overloaded);
+    }
+    assert!(matches!(
+        block_on(a.call(sub("x-a"))),
+        CallResult::Suspended { .. }
+    ));
+    // Replica b never saw the suspension happen, but the shared workflow store says so: its
+    // sub-agent is suspended at once, with its own checkpoint, without calling a provider.
+    assert!(block_on(b.workflow_suspended(&wf)).unwrap());
+    let before = s.script.calls.load(Ordering::Relaxed);
+    match block_on(b.call(sub("x-b"))) {
+        CallResult::Suspended { reason, .. } => {
+            assert!(reason.contains("discharge-77"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.script.calls.load(Ordering::Relaxed), before);
+    assert!(
+        block_on(s.store.load(&SessionId::new("x-b")))
+            .unwrap()
+            .unwrap()
+            .suspended
+            .is_some()
+    );
+    // Resumed through b, lifted for a too; a deadline set on a bounds b's calls.
+    s.script.failing.lock().clear();
+    let resumed = block_on(b.resume_workflow(&TenantId::new("hospital-network"), &wf)).unwrap();
+    assert_eq!(resumed.len(), 2);
+    assert!(!block_on(a.workflow_suspended(&wf)).unwrap());
+    block_on(a.set_workflow_deadline(&wf, Timestamp::from_millis(T0))).unwrap();
+    match block_on(b.call(sub("x-c"))) {
+        CallResult::Rejected(r) => assert!(r.message.starts_with("deadline_unreachable"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn replicas_sharing_a_retry_budget_draw_on_one_budget() {
+    let s = shared();
+    let (a, b) = (replica(&s, "a", 1), replica(&s, "b", 2));
+    s.script
+        .failing
+        .lock()
+        .insert("frontier-vendor-eu".into(), OutcomeClass::Overloaded);
+    s.script
+        .failing
+        .lock()
+        .insert("frontier-vendor-us".into(), OutcomeClass::Overloaded);
+    let copy = || Call::new("marketing-agency", "copywriting", json!({}));
+    // Another replica spent the platform's budget (ratio 0.1, 5 per second: 50 over 10 s).
+    let settings = RetryBudget {
+        ratio: 0.1,
+        min_per_second: 5.0,
+    };
+    let now = s.clock.now();
+    assert_eq!(
+        (0..60)
+            .filter(|_| s.budget.try_retry(&settings, now))
+            .count(),
+        50
+    );
+    // Replica a's first attempt adds 0.1 of room: it takes that one retry, and no more.
+    let before = s.script.calls.load(Ordering::Relaxed);
+    match block_on(a.call(copy())) {
+        CallResult::Rejected(r) => assert_eq!(r.kind, RejectKind::RetryBudget, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.script.calls.load(Ordering::Relaxed), before + 2);
+    // Replica b finds the same budget spent: one first attempt, no fallback.
+    let before = s.script.calls.load(Ordering::Relaxed);
+    match block_on(b.call(copy())) {
+        CallResult::Rejected(r) => assert_eq!(r.kind, RejectKind::RetryBudget, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.script.calls.load(Ordering::Relaxed), before + 1);
+    // A replica with a budget of its own would have fallen back.
+    let own = Engine::builder(
+        PolicySet::load(&["examples/policies"]).unwrap(),
+        Arc::new(Scripted(Arc::clone(&s.script))),
+    )
+    .clock(Arc::new(s.clock.clone()))
+    .build()
+    .unwrap();
+    assert!(matches!(
+        block_on(own.call(copy())),
+        CallResult::Completed(_)
+    ));
+}
+
+/// A shared budget that cannot be reached.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait]
+impl RetryBudgetStore for Unreachable {
+    fn record_call(&self, _now: Timestamp) {}
+    async fn try_retry(&self, _s: &RetryBudget, _now: Timestamp) -> Result<bool, EngineError> {
+        Err(EngineError::Store {
+            message: "budget database unreachable".into(),
+        })
+    }
+}
+
+#[test]
+fn an_unreachable_retry_budget_refuses_the_retry_and_says_why() {
+    let s = shared();
+    s.script
+        .failing
+        .lock()
+        .insert("frontier-vendor-eu".into(), OutcomeClass::Overloaded);
+    let e: Engine = Engine::builder(
+        PolicySet::load(&["examples/policies"]).unwrap(),
+        Arc::new(Scripted(Arc::clone(&s.script))),
+    )
+    .clock(Arc::new(s.clock.clone()))
+    .retry_budget(Arc::new(Unreachable))
+    .build()
+    .unwrap();
+    match block_on(e.call(Call::new("marketing-agency", "copywriting", json!({})))) {
+        CallResult::Rejected(r) => {
+            assert_eq!(r.kind, RejectKind::RetryBudget);
+            assert!(
+                r.message.contains("budget database unreachable"),
+                "{}",
+                r.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

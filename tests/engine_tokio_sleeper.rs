@@ -111,6 +111,15 @@ async fn a_call_that_outlives_its_deadline_ends_as_a_timeout_at_the_deadline() {
                 Some(ReasonKind::DeadlineUnreachable),
                 "{r:?}"
             );
+            // Not a bare `deadline_unreachable`: the endpoint tried, how long it was given and
+            // how it ended.
+            assert!(
+                r.message.ends_with(
+                    "1 attempt(s) made: only-eu timed out after 2s (the call's deadline)"
+                ),
+                "{}",
+                r.message
+            );
         }
         other => panic!("expected a rejection at the deadline, got {other:?}"),
     }

@@ -19,6 +19,7 @@ fn custom(msg: impl Display) -> Error {
 }
 
 /// The canonical JSON of `value`.
+#[cfg(test)]
 pub(crate) fn to_canonical_string<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
     let mut out = Vec::with_capacity(512);
     value.serialize(Canon { out: &mut out })?;
@@ -26,15 +27,20 @@ pub(crate) fn to_canonical_string<T: Serialize + ?Sized>(value: &T) -> Result<St
     String::from_utf8(out).map_err(custom)
 }
 
-/// The SHA-256 digest of `value`'s canonical JSON, serialized into a reused buffer.
-pub(crate) fn canonical_digest<T: Serialize + ?Sized>(
+/// Appends the canonical JSON of `value` to `out`.
+pub(crate) fn write_canonical<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
     value: &T,
-) -> Result<crate::digest::ContentDigest, Error> {
+) -> Result<(), Error> {
+    value.serialize(Canon { out })
+}
+
+/// Runs `f` with an empty buffer taken from this thread's pool (and gives it back after).
+pub(crate) fn with_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     let mut out = pool::take_bytes();
-    let r = value.serialize(Canon { out: &mut out });
-    let digest = r.map(|()| crate::digest::ContentDigest::of_bytes(&out));
+    let r = f(&mut out);
     pool::give_bytes(out);
-    digest
+    r
 }
 
 /// Per-thread free lists of the scratch buffers objects are collected in, so a steady stream of

@@ -10,9 +10,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use serde::Serialize;
-
-use super::canonical::{canonical_digest, to_canonical_string};
+use super::canonical::with_buffer;
+use super::record_writer::write_record;
 use super::{AuditEvent, AuditHead, AuditRecord};
 use crate::clock::Timestamp;
 use crate::digest::ContentDigest;
@@ -25,23 +24,6 @@ const GENESIS: &str = "sha256:00000000000000000000000000000000000000000000000000
 pub fn genesis() -> ContentDigest {
     // The constant is well-formed; the fallback is unreachable.
     ContentDigest::parse(GENESIS).unwrap_or_else(|_| ContentDigest::of_bytes(&[]))
-}
-
-#[derive(Serialize)]
-struct Unsigned<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
-    prev: &'a ContentDigest,
-}
-
-#[derive(Serialize)]
-struct Signed<'a> {
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a AuditEvent,
-    prev: &'a ContentDigest,
-    digest: &'a ContentDigest,
 }
 
 fn unencodable(e: &serde_json::Error) -> AuditError {
@@ -57,7 +39,10 @@ fn digest_of(
     prev: &ContentDigest,
 ) -> Result<ContentDigest, AuditError> {
     event.validate()?;
-    canonical_digest(&Unsigned { seq, event, prev }).map_err(|e| unencodable(&e))
+    with_buffer(|out| {
+        write_record(out, seq, event, prev, None).map(|()| ContentDigest::of_bytes(out))
+    })
+    .map_err(|e| unencodable(&e))
 }
 
 /// Seals `event` as record `seq` after `prev`: its digest and, when asked, its canonical JSON
@@ -70,13 +55,14 @@ pub(crate) fn seal(
 ) -> Result<(ContentDigest, Option<String>), AuditError> {
     let digest = digest_of(seq, event, prev)?;
     let line = if with_line {
-        let signed = Signed {
-            seq,
-            event,
-            prev,
-            digest: &digest,
-        };
-        Some(to_canonical_string(&signed).map_err(|e| unencodable(&e))?)
+        let mut out = Vec::with_capacity(640);
+        write_record(&mut out, seq, event, prev, Some(&digest)).map_err(|e| unencodable(&e))?;
+        // Every byte written is UTF-8 (escaped strings, ASCII punctuation and numbers).
+        Some(
+            String::from_utf8(out).map_err(|e| AuditError::InvalidEvent {
+                reason: format!("the event's canonical form is not UTF-8: {e}"),
+            })?,
+        )
     } else {
         None
     };
@@ -345,8 +331,18 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<(AuditRecord, ContentDigest), St
         serde_json::error::Category::Data => format!("not a valid audit record: {e}"),
         _ => format!("the line is not JSON: {e}"),
     })?;
-    let canonical = to_canonical_string(&record).map_err(|e| e.to_string())?;
-    if canonical.as_bytes() != line {
+    let canonical = with_buffer(|out| {
+        write_record(
+            out,
+            record.seq,
+            &record.event,
+            &record.prev,
+            Some(&record.digest),
+        )
+        .map(|()| out.as_slice() == line)
+    })
+    .map_err(|e| e.to_string())?;
+    if !canonical {
         return Err(
             "the line is not the canonical form of its record (whitespace, escapes, key order or \
              fields the format does not define): it was edited"

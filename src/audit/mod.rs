@@ -58,6 +58,7 @@ mod canonical;
 mod chain;
 mod jsonl;
 mod memory;
+mod record_writer;
 
 pub use chain::{
     VerifyReport, genesis, verify, verify_against_head, verify_file, verify_record_digest,

@@ -379,6 +379,12 @@ pub enum NoticeKind {
     },
     /// The session resumed.
     Resumed,
+    /// The session stayed suspended longer than its policy's `suspension.max_duration` and was
+    /// given up.
+    SuspensionExpired {
+        /// When it was suspended.
+        suspended_at: Timestamp,
+    },
     /// A switch awaits a human's approval.
     ApprovalRequested {
         /// The ticket to approve or deny.

@@ -37,17 +37,22 @@
 //! # Ok::<(), downshift::Error>(())
 //! ```
 
+mod attempts;
 mod budget;
 mod client;
 mod continuity;
+mod expiry;
 mod mode;
 mod record;
+mod reload;
 mod replay;
 mod result;
+mod sessionless;
 mod shadow;
 mod shared;
 mod stream;
 mod visibility;
+mod workflow;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -58,6 +63,7 @@ use futures::future::{Either, select};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+pub use budget::{MemoryRetryBudget, RetryBudgetStore};
 #[cfg(feature = "tokio")]
 pub use client::TokioSleeper;
 pub use client::{
@@ -67,6 +73,7 @@ pub use client::{
 pub use mode::EngineMode;
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
+pub use expiry::GivenUp;
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
@@ -76,6 +83,7 @@ pub use shared::{
 pub use stream::{
     EventStream, Interrupted, Segment, StreamCompleted, StreamEnd, StreamEvent, StreamOutcome,
 };
+pub use workflow::{MemoryWorkflowStore, WorkflowState, WorkflowStore, WorkflowSuspension};
 
 use crate::audit::{AuditEvent, AuditEventKind, AuditSink, ConsentRef, MemoryAuditSink, PolicyRef};
 use crate::catalog::{Catalog, Endpoint, Requirements};
@@ -87,7 +95,8 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{CheckpointError, EngineError, Error};
 use crate::id::{EndpointId, SessionId, TaskKind, TenantId, WorkflowId};
 use crate::policy::{
-    Exhausted, Notification, PolicySet, PolicyStore, Replay, ResolvedPolicy, Source,
+    ApprovalLifetime, Exhausted, Notification, PolicySet, PolicyStore, Replay, ResolvedPolicy,
+    Source,
 };
 use crate::router::{
     ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route, TierRouter,
@@ -224,9 +233,13 @@ pub struct ReadyToResume {
 struct SessionState {
     tier: Option<(u32, Timestamp)>,
     suspended: Option<(ResumeToken, Option<Timestamp>, String)>,
+    /// When the suspension began (its checkpoint's time), for `suspension.max_duration`.
+    suspended_at: Option<Timestamp>,
     version: Option<u64>,
     /// Steps completed on this replica (for the checkpoint cadence).
     steps: u64,
+    /// A granted approval held while the session stays on this tier (`while_on_tier`).
+    grant: Option<(ApprovalTicket, u32)>,
 }
 
 const SHARDS: usize = 32;
@@ -274,21 +287,15 @@ struct Inner<P, O> {
     exchange: Option<Arc<dyn HealthExchange>>,
     replica: String,
     freshness: Duration,
-    workflows: Mutex<HashMap<WorkflowId, WorkflowState>>,
-    retry_budget: budget::RetryBudget,
+    workflows: Arc<dyn WorkflowStore>,
+    sessionless: sessionless::SessionlessTiers,
+    retry_budget: Arc<dyn RetryBudgetStore>,
     seed: u64,
     visibility: visibility::Visibility,
     recorder: Option<Arc<record::RecorderSlot>>,
     shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
     counter: Arc<dyn TokenCounter>,
     replay: replay::ReplayLog<P>,
-}
-
-/// What the engine keeps per workflow.
-#[derive(Debug, Clone, Default)]
-struct WorkflowState {
-    deadline: Option<Timestamp>,
-    suspended: Option<(String, Option<Timestamp>)>,
 }
 
 /// The engine: `Send + Sync`, cheap to clone, shared by every task of a process.
@@ -328,6 +335,8 @@ pub struct EngineBuilder<P, O> {
     notifier: Option<Arc<dyn Notifier>>,
     clock: Option<Arc<dyn Clock>>,
     sleeper: Option<Arc<dyn Sleeper>>,
+    retry_budget: Option<Arc<dyn RetryBudgetStore>>,
+    workflows: Option<Arc<dyn WorkflowStore>>,
     seed: u64,
     stats: bool,
     mode: EngineMode,
@@ -409,6 +418,21 @@ where
         self
     }
 
+    /// Where the retry budget is counted (default: a [`MemoryRetryBudget`] of this engine's
+    /// own). Give every replica the same replica-shared store to bound retries platform-wide.
+    pub fn retry_budget(mut self, budget: Arc<dyn RetryBudgetStore>) -> Self {
+        self.retry_budget = Some(budget);
+        self
+    }
+
+    /// Where workflow deadlines and suspensions are kept (default: a [`MemoryWorkflowStore`]
+    /// of this engine's own). Give every replica the same shared store so a workflow suspended
+    /// on one replica is suspended on all.
+    pub fn workflows(mut self, store: Arc<dyn WorkflowStore>) -> Self {
+        self.workflows = Some(store);
+        self
+    }
+
     /// The seed for this replica's deterministic choices (jitter, power of two choices).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -484,8 +508,13 @@ where
                 exchange: self.exchange,
                 replica: self.replica.unwrap_or_else(default_replica_name),
                 freshness: self.freshness,
-                workflows: Mutex::new(HashMap::new()),
-                retry_budget: budget::RetryBudget::new(),
+                workflows: self
+                    .workflows
+                    .unwrap_or_else(|| Arc::new(MemoryWorkflowStore::new())),
+                sessionless: sessionless::SessionlessTiers::default(),
+                retry_budget: self
+                    .retry_budget
+                    .unwrap_or_else(|| Arc::new(MemoryRetryBudget::new())),
                 seed: self.seed,
                 visibility,
                 recorder: self.recorder.map(record::RecorderSlot::new),
@@ -550,6 +579,8 @@ where
             notifier: None,
             clock: None,
             sleeper: None,
+            retry_budget: None,
+            workflows: None,
             seed: 0,
             stats: true,
             mode: EngineMode::PerTenant,
@@ -602,12 +633,14 @@ where
         let st = match self.inner.checkpoints.load(sid).await? {
             Some(cp) => SessionState {
                 tier: Some((cp.tier.index, cp.created_at)),
+                suspended_at: cp.suspended.as_ref().map(|_| cp.created_at),
                 suspended: cp.suspended.map(|s| {
                     let reason = s.reason;
                     (s.resume_token, s.retry_at, reason)
                 }),
                 version: Some(cp.version),
                 steps: 0,
+                grant: None,
             },
             None => SessionState::default(),
         };
@@ -697,17 +730,52 @@ where
         };
         if let Some((token, retry_at, reason)) = session.as_ref().and_then(|s| s.suspended.clone())
         {
+            // Suspended longer than the policy allows: given up, not suspended forever.
+            let since = session.as_ref().and_then(|s| s.suspended_at);
+            if let (Some(sid), Some(since)) = (&call.session, since) {
+                let max =
+                    expiry::max_duration(&inner.policies.current(), &call.tenant, Some(&call.task));
+                if expiry::expired(since, max, start) {
+                    let given_up = match inner.checkpoints.load(sid).await {
+                        Ok(Some(cp)) => self.give_up_if_expired(cp, start).await,
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    };
+                    match given_up {
+                        Ok(Some(g)) => return Err(CallResult::Rejected(g.rejection())),
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(CallResult::Rejected(Rejection {
+                                kind: RejectKind::Durability,
+                                reason: None,
+                                message: format!(
+                                    "the expired suspension could not be given up: {e}"
+                                ),
+                            }));
+                        }
+                    }
+                }
+            }
             return Err(CallResult::Suspended {
                 resume_token: token,
                 retry_at,
                 reason,
             });
         }
-        let workflow = call
-            .workflow
-            .as_ref()
-            .map(|w| inner.workflows.lock().get(w).cloned().unwrap_or_default());
-        if let (Some((why, retry_at)), Some(w)) = (
+        let workflow = match &call.workflow {
+            Some(w) => match inner.workflows.get(w).await {
+                Ok(st) => Some(st.unwrap_or_default()),
+                Err(e) => return Err(CallResult::Rejected(workflow_store_error(&e))),
+            },
+            None => None,
+        };
+        if let (
+            Some(WorkflowSuspension {
+                reason: why,
+                retry_at,
+            }),
+            Some(w),
+        ) = (
             workflow.as_ref().and_then(|w| w.suspended.clone()),
             call.workflow.as_ref(),
         ) {
@@ -738,6 +806,7 @@ where
             session,
             workflow_deadline: workflow.and_then(|w| w.deadline),
             approved_to: None,
+            approved_ticket: None,
         })
     }
 
@@ -802,14 +871,21 @@ where
             self.shadow_compare(&ctx, candidate, &decision, now);
             match decision {
                 Decision::Route(route) => {
-                    if !attempts.is_empty()
-                        && !inner.retry_budget.try_retry(&view.retry.budget, now)
-                    {
-                        return Err(CallResult::Rejected(Rejection {
-                            kind: RejectKind::RetryBudget,
-                            reason: Some(route.reason),
-                            message: "the platform's retry budget is spent: no further retry or fallback now".into(),
-                        }));
+                    if !attempts.is_empty() {
+                        let granted = inner.retry_budget.try_retry(&view.retry.budget, now).await;
+                        if !matches!(granted, Ok(true)) {
+                            let message = match granted {
+                                Err(e) => format!(
+                                    "the retry budget could not be checked ({e}): no further retry or fallback now"
+                                ),
+                                Ok(_) => "the platform's retry budget is spent: no further retry or fallback now".into(),
+                            };
+                            return Err(CallResult::Rejected(Rejection {
+                                kind: RejectKind::RetryBudget,
+                                reason: Some(route.reason),
+                                message,
+                            }));
+                        }
                     }
                     return Ok(Routed {
                         route,
@@ -843,6 +919,7 @@ where
                     {
                         Gate::Proceed(tier) if pre.approved_to.is_none_or(|a| a < tier) => {
                             pre.approved_to = Some(tier);
+                            pre.approved_ticket = Some(ticket);
                         }
                         Gate::Proceed(_) => {
                             return Err(CallResult::Rejected(Rejection {
@@ -907,11 +984,12 @@ where
             Err(end) => return end,
         };
         let mut attempts: Vec<Attempt> = Vec::new();
+        let mut tried: Vec<attempts::Tried> = Vec::new();
         let mut audit_seqs = Vec::new();
         loop {
             let r = match self.next_route(call, &mut pre, &attempts).await {
                 Ok(r) => r,
-                Err(end) => return end,
+                Err(end) => return attempts::explain(end, &tried),
             };
             let catalog = r.set.catalog();
             // The context to send: fitted to the endpoint, or the call ends here.
@@ -921,7 +999,8 @@ where
             };
             let fitted = context.as_ref().is_some_and(|c| c.fitted);
             let context = context.map(|c| c.state);
-            match self
+            let began = self.inner.clock.now();
+            let result = self
                 .attempt(
                     call,
                     &r.view,
@@ -932,8 +1011,23 @@ where
                     r.now,
                     context.clone(),
                 )
-                .await
-            {
+                .await;
+            if let Err(e) = &result {
+                let ended = self.inner.clock.now();
+                tried.push(attempts::Tried {
+                    endpoint: catalog
+                        .try_endpoint(r.route.endpoint)
+                        .map_or_else(|| EndpointId::new("?"), |x| x.id.clone()),
+                    class: e.class(),
+                    // Cut at the deadline: the time it was given.
+                    waited: r
+                        .deadline
+                        .map_or(ended, |d| ended.min(d))
+                        .duration_since(began),
+                    at_deadline: r.deadline.is_some_and(|d| ended >= d),
+                });
+            }
+            match result {
                 Ok(response) => {
                     // The degraded output's text, kept for a later replay's diff.
                     let text = (r.route.degraded
@@ -948,7 +1042,7 @@ where
                             catalog,
                             &r.route,
                             response,
-                            pre.session.as_ref(),
+                            Some(&pre),
                             &attempts,
                             &mut audit_seqs,
                         )
@@ -1173,15 +1267,38 @@ where
         catalog: &Catalog,
         route: &Route,
         response: ModelResponse<R>,
-        session: Option<&SessionState>,
+        pre: Option<&Preflight>,
         attempts: &[Attempt],
         audit_seqs: &mut Vec<u64>,
     ) -> CallResult<R> {
         let inner = &*self.inner;
+        let session = pre.and_then(|p| p.session.as_ref());
+        let approved = pre.and_then(|p| p.approved_ticket);
         let now = inner.clock.now();
         let top = view.top_tier().unwrap_or(0);
-        let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
-        let moved = route.tier != from;
+        // Sessionless traffic audits transitions of its (tenant, task): the tier it was last
+        // served on is the one it moves from, and a call on that same tier writes nothing (its
+        // `audit` cites the record of the transition in force).
+        let claim = if call.session.is_none() {
+            Some(
+                inner
+                    .sessionless
+                    .claim(&call.tenant, &call.task, route.tier, top),
+            )
+        } else {
+            None
+        };
+        let (from, moved) = match claim {
+            Some(sessionless::Claim::Same(seq)) => {
+                audit_seqs.extend(seq);
+                (route.tier, false)
+            }
+            Some(sessionless::Claim::Moved { from, .. }) => (from, true),
+            None => {
+                let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
+                (from, route.tier != from)
+            }
+        };
         visibility::record_route(route);
         if let Some(ep) = catalog.try_endpoint(route.endpoint) {
             visibility::record_models(view, catalog, ep);
@@ -1212,7 +1329,7 @@ where
                     now,
                 );
                 if let Err(e) = self.save(sid, cp, session.and_then(|s| s.version)).await {
-                    return CallResult::Rejected(e);
+                    return e.into_result();
                 }
             }
             let kind = if route.tier < from {
@@ -1231,8 +1348,28 @@ where
                 ev = ev.trigger(t.record(catalog));
             }
             match self.record(ev).await {
-                Ok(seq) => audit_seqs.push(seq),
-                Err(r) => return CallResult::Rejected(r),
+                Ok(seq) => {
+                    audit_seqs.push(seq);
+                    if claim.is_some() {
+                        inner
+                            .sessionless
+                            .recorded(&call.tenant, &call.task, route.tier, seq);
+                    }
+                }
+                Err(r) => {
+                    if let Some(sessionless::Claim::Moved { from, prev, .. }) = claim {
+                        inner
+                            .sessionless
+                            .revert(&call.tenant, &call.task, route.tier, from, prev);
+                    }
+                    return CallResult::Rejected(r);
+                }
+            }
+            if let Err(r) = self
+                .spend_grants(call, view, session, claim, approved, route.tier)
+                .await
+            {
+                return CallResult::Rejected(r);
             }
             if route.notice || (view.notification == Notification::Realtime && moved) {
                 let endpoint = catalog
@@ -1281,6 +1418,51 @@ where
         }))
     }
 
+    /// Approval grants after a move to `tier` (see the policy's `approval_lifetime`): a grant
+    /// held on the tier the session (or sessionless traffic) left is spent; the grant this
+    /// switch rests on is spent at once (`single_switch`) or held while it stays on `tier`
+    /// (`while_on_tier`).
+    async fn spend_grants(
+        &self,
+        call: &Call<P>,
+        view: &ResolvedPolicy,
+        session: Option<&SessionState>,
+        claim: Option<sessionless::Claim>,
+        approved: Option<ApprovalTicket>,
+        tier: u32,
+    ) -> Result<(), Rejection> {
+        let inner = &*self.inner;
+        let left = match claim {
+            Some(sessionless::Claim::Moved { grant, .. }) => grant,
+            _ => session.and_then(|s| s.grant).map(|(t, _)| t),
+        };
+        let mut spent: Vec<ApprovalTicket> = left.into_iter().collect();
+        if let Some(sid) = &call.session {
+            inner.sessions.update(sid, |s| s.grant = None);
+        }
+        if let Some(ticket) = approved {
+            match view.approval_lifetime {
+                ApprovalLifetime::SingleSwitch => spent.push(ticket),
+                ApprovalLifetime::WhileOnTier => match &call.session {
+                    Some(sid) => inner
+                        .sessions
+                        .update(sid, |s| s.grant = Some((ticket, tier))),
+                    None => inner
+                        .sessionless
+                        .hold_grant(&call.tenant, &call.task, tier, ticket),
+                },
+            }
+        }
+        for t in spent {
+            inner
+                .approvals
+                .remove_granted(t)
+                .await
+                .map_err(|e| store_error(&e))?;
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn checkpoint(
         &self,
@@ -1309,33 +1491,70 @@ where
     }
 
     /// Saves with compare-and-swap against the version this engine last saw (or the stored
-    /// one, if another replica saved since).
+    /// one). On a conflict another replica saved since: the stored checkpoint is reloaded and
+    /// reconciled — a suspension saved there stands (the session is suspended, whatever this
+    /// replica was about to write); otherwise this save, decided on live health, goes on top of
+    /// the newer version — and the save is retried, at most [`SAVE_ATTEMPTS`] times in all.
     async fn save(
         &self,
         sid: &SessionId,
         cp: Checkpoint,
         expected: Option<u64>,
-    ) -> Result<u64, Rejection> {
+    ) -> Result<u64, SaveError> {
         let store = &self.inner.checkpoints;
-        let expected = match expected {
+        let reject = |e| SaveError::Rejected(durability(e));
+        let mut expected = match expected {
             Some(v) => Some(v),
-            None => store
-                .load(sid)
-                .await
-                .map_err(durability)?
-                .map(|c| c.version),
+            None => store.load(sid).await.map_err(reject)?.map(|c| c.version),
         };
-        let version = match store.save(cp.clone(), expected).await {
-            Ok(v) => v,
-            Err(CheckpointError::Conflict { actual, .. }) => {
-                store.save(cp, actual).await.map_err(durability)?
+        for _ in 0..SAVE_ATTEMPTS {
+            match store.save(cp.clone(), expected).await {
+                Ok(version) => {
+                    self.inner
+                        .sessions
+                        .update(sid, |s| s.version = Some(version));
+                    return Ok(version);
+                }
+                Err(CheckpointError::Conflict { .. }) => {
+                    let current = store.load(sid).await.map_err(reject)?;
+                    match current {
+                        Some(c) => {
+                            if let Some(susp) = c.suspended {
+                                let held = (susp.resume_token, susp.retry_at, susp.reason);
+                                let copy = held.clone();
+                                self.inner.sessions.update(sid, |s| {
+                                    *s = SessionState {
+                                        tier: Some((c.tier.index, c.created_at)),
+                                        suspended: Some(copy),
+                                        suspended_at: Some(c.created_at),
+                                        version: Some(c.version),
+                                        grant: None,
+                                        steps: 0,
+                                    };
+                                });
+                                return Err(SaveError::SuspendedElsewhere {
+                                    resume_token: held.0,
+                                    retry_at: held.1,
+                                    reason: held.2,
+                                });
+                            }
+                            expected = Some(c.version);
+                        }
+                        None => expected = None,
+                    }
+                }
+                Err(e) => return Err(reject(e)),
             }
-            Err(e) => return Err(durability(e)),
+        }
+        let e = EngineError::CheckpointContention {
+            session: sid.clone(),
+            attempts: SAVE_ATTEMPTS,
         };
-        self.inner
-            .sessions
-            .update(sid, |s| s.version = Some(version));
-        Ok(version)
+        Err(SaveError::Rejected(Rejection {
+            kind: RejectKind::Durability,
+            reason: None,
+            message: e.to_string(),
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1411,7 +1630,7 @@ where
             .await
         {
             Ok(v) => v,
-            Err(r) => return CallResult::Rejected(r),
+            Err(e) => return e.into_result(),
         };
         let mut saved = cp;
         saved.version = version;
@@ -1446,12 +1665,15 @@ where
         );
         self.inner.sessions.update(sid, |s| {
             s.suspended = Some((token.clone(), retry_at, message.clone()));
+            s.suspended_at = Some(now);
         });
         if let Some(w) = &call.workflow {
-            let mut wfs = self.inner.workflows.lock();
-            let st = wfs.entry(w.clone()).or_default();
-            if st.suspended.is_none() {
-                st.suspended = Some((message.clone(), retry_at));
+            let suspension = WorkflowSuspension {
+                reason: message.clone(),
+                retry_at,
+            };
+            if let Err(e) = self.inner.workflows.suspend(w, suspension).await {
+                return CallResult::Rejected(workflow_store_error(&e));
             }
         }
         if view.suspension.as_ref().is_some_and(|s| s.notify)
@@ -1750,6 +1972,12 @@ where
             }
             .into());
         }
+        if let Some(g) = self
+            .give_up_if_expired(cp.clone(), self.inner.clock.now())
+            .await?
+        {
+            return Err(g.error().into());
+        }
         let mut resumed = cp.clone();
         resumed.suspended = None;
         resumed.created_at = self.inner.clock.now();
@@ -1840,6 +2068,14 @@ where
                 if susp.retry_at.is_some_and(|t| t > now) {
                     continue;
                 }
+                // Past its policy's max_duration: it is given up, not resumed.
+                if expiry::expired(
+                    s.created_at,
+                    expiry::max_duration(&set, &s.tenant, s.task.as_ref()),
+                    now,
+                ) {
+                    continue;
+                }
                 // The session's own view (its task's floor and tiers) decides whether it is back.
                 let view = match &s.task {
                     Some(t) => tp.view(t.as_str()),
@@ -1880,23 +2116,33 @@ where
 
     /// Sets the deadline of a workflow: every call of its sub-agent sessions must finish by it
     /// (the earlier of the call's own deadline and this one applies).
-    pub fn set_workflow_deadline(&self, workflow: &WorkflowId, deadline: Timestamp) {
-        self.inner
+    ///
+    /// # Errors
+    /// A [`WorkflowStore`] error.
+    pub async fn set_workflow_deadline(
+        &self,
+        workflow: &WorkflowId,
+        deadline: Timestamp,
+    ) -> Result<(), Error> {
+        Ok(self
+            .inner
             .workflows
-            .lock()
-            .entry(workflow.clone())
-            .or_default()
-            .deadline = Some(deadline);
+            .set_deadline(workflow, deadline)
+            .await?)
     }
 
-    /// Whether a workflow is suspended (one of its sessions was, so all of them are).
-    #[must_use]
-    pub fn workflow_suspended(&self, workflow: &WorkflowId) -> bool {
-        self.inner
+    /// Whether a workflow is suspended (one of its sessions was, so all of them are), as the
+    /// [`WorkflowStore`] says.
+    ///
+    /// # Errors
+    /// A [`WorkflowStore`] error.
+    pub async fn workflow_suspended(&self, workflow: &WorkflowId) -> Result<bool, Error> {
+        Ok(self
+            .inner
             .workflows
-            .lock()
             .get(workflow)
-            .is_some_and(|w| w.suspended.is_some())
+            .await?
+            .is_some_and(|w| w.suspended.is_some()))
     }
 
     /// Resumes every suspended session of a tenant's workflow together, and lifts the
@@ -1929,9 +2175,7 @@ where
                 Err(e) => return Err(e),
             }
         }
-        if let Some(w) = self.inner.workflows.lock().get_mut(workflow) {
-            w.suspended = None;
-        }
+        self.inner.workflows.lift(workflow).await?;
         Ok(out)
     }
 
@@ -2089,15 +2333,30 @@ where
     /// Validates `sources` whole and, if valid, makes them the active policy set, recording the
     /// activation in the audit log. A rejected set leaves the old one active.
     ///
+    /// The catalog's endpoint details (models, prices, capabilities, regions, quality) and every
+    /// tenant setting apply at once. Changes to the catalog's endpoint list (ids, order) or to
+    /// the platform's breaker, latency, half-open and open-wait settings are refused with
+    /// [`EngineError::ReloadNeedsNewEngine`] naming the field: the endpoint health is built
+    /// from them (and may be shared by several engines); build a new engine to change them.
+    ///
     /// # Errors
-    /// The validation errors, or an audit error (the new set is then active but unrecorded:
+    /// The validation errors, [`EngineError::ReloadNeedsNewEngine`], or an audit error (the new set is then active but unrecorded:
     /// the error says so).
     pub async fn reload(
         &self,
         sources: impl IntoIterator<Item = Source>,
     ) -> Result<Arc<PolicySet>, Error> {
-        let previous = self.inner.policies.current().digest().clone();
-        let set = self.inner.policies.reload(sources)?;
+        let current = self.inner.policies.current();
+        let previous = current.digest().clone();
+        let next = PolicySet::from_sources(sources)?;
+        if let Some(e) = reload::incompatible(&current, &next) {
+            return Err(e.into());
+        }
+        self.inner.policies.replace(next);
+        let set = self.inner.policies.current();
+        // The new ladders may be numbered differently: sessionless traffic's next move is
+        // recorded from its top tier again.
+        self.inner.sessionless.clear();
         let ev = AuditEvent::new(
             self.inner.clock.now(),
             AuditEventKind::PolicyActivation {
@@ -2117,6 +2376,8 @@ struct Preflight {
     session: Option<SessionState>,
     workflow_deadline: Option<Timestamp>,
     approved_to: Option<u32>,
+    /// The granted approval this call's switch rests on.
+    approved_ticket: Option<ApprovalTicket>,
 }
 
 /// A routed attempt and the policy it was decided under.
@@ -2173,6 +2434,40 @@ fn deadline_error() -> ModelError {
     )
 }
 
+/// How many times a checkpoint save is tried when other replicas keep changing it.
+const SAVE_ATTEMPTS: u32 = 3;
+
+/// Why a checkpoint save did not happen. Returned once per failed save; boxing the refusal
+/// would only make matching on it clumsier.
+#[allow(clippy::large_enum_variant)]
+enum SaveError {
+    /// The store failed, or the checkpoint kept changing: the transition is refused.
+    Rejected(Rejection),
+    /// Another replica suspended the session meanwhile: its suspension stands.
+    SuspendedElsewhere {
+        resume_token: ResumeToken,
+        retry_at: Option<Timestamp>,
+        reason: String,
+    },
+}
+
+impl SaveError {
+    fn into_result<O>(self) -> CallResult<O> {
+        match self {
+            SaveError::Rejected(r) => CallResult::Rejected(r),
+            SaveError::SuspendedElsewhere {
+                resume_token,
+                retry_at,
+                reason,
+            } => CallResult::Suspended {
+                resume_token,
+                retry_at,
+                reason,
+            },
+        }
+    }
+}
+
 enum Gate<O> {
     Proceed(u32),
     End(Box<CallResult<O>>),
@@ -2183,6 +2478,14 @@ fn store_error(e: &EngineError) -> Rejection {
         kind: RejectKind::Durability,
         reason: None,
         message: format!("the approval store could not be used, so the switch was not made: {e}"),
+    }
+}
+
+fn workflow_store_error(e: &EngineError) -> Rejection {
+    Rejection {
+        kind: RejectKind::Durability,
+        reason: None,
+        message: format!("the workflow store could not be used, so the call was not made: {e}"),
     }
 }
 

@@ -119,6 +119,9 @@ pub enum RejectKind {
     /// policy does not allow fitting, or a required summary could not be written), or the
     /// session is pinned to another provider: it was not sent.
     Context,
+    /// The session stayed suspended longer than its policy's `suspension.max_duration` and was
+    /// given up (audited; its checkpoint removed).
+    SuspensionExpired,
 }
 
 /// A refused call.

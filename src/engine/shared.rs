@@ -90,6 +90,10 @@ pub trait ApprovalStore: Send + Sync + fmt::Debug {
     async fn pending(&self) -> Result<Vec<PendingApproval>, EngineError>;
     /// Forgets a session's answered requests (after it resumes, a new outage asks again).
     async fn clear_session(&self, session: &SessionId) -> Result<(), EngineError>;
+    /// Forgets a granted request whose grant was spent (see the policy's `approval_lifetime`),
+    /// only if it is still `Granted` (a pending or newer request under the same ticket stays);
+    /// the next identical switch asks again.
+    async fn remove_granted(&self, ticket: ApprovalTicket) -> Result<(), EngineError>;
 }
 
 /// Approval tickets in memory (one process).
@@ -158,6 +162,16 @@ impl ApprovalStore for MemoryApprovalStore {
         self.tickets.lock().retain(|_, p| {
             p.session.as_ref() != Some(session) || p.state == ApprovalState::Pending
         });
+        Ok(())
+    }
+
+    async fn remove_granted(&self, ticket: ApprovalTicket) -> Result<(), EngineError> {
+        let mut t = self.tickets.lock();
+        if t.get(&ticket)
+            .is_some_and(|p| p.state == ApprovalState::Granted)
+        {
+            t.remove(&ticket);
+        }
         Ok(())
     }
 }

@@ -608,7 +608,7 @@ where
                         catalog,
                         &open.route,
                         response,
-                        self.pre.as_ref().and_then(|p| p.session.as_ref()),
+                        self.pre.as_ref(),
                         &self.attempts,
                         &mut self.audit_seqs,
                     )

@@ -450,6 +450,7 @@ pub(crate) fn reject_name(kind: super::RejectKind) -> &'static str {
         K::NoSession => "no_session",
         K::Durability => "durability",
         K::Context => "context",
+        K::SuspensionExpired => "suspension_expired",
     }
 }
 

@@ -384,6 +384,20 @@ pub enum Exhausted {
     Suspend,
 }
 
+/// How long a granted approval lets a session (or a tenant's sessionless traffic for one task)
+/// use the approved tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalLifetime {
+    /// The grant is spent by the switch it approved: the next switch to that tier asks again.
+    /// (Sessionless calls are each routed from the top, so each is a switch of its own.)
+    #[default]
+    SingleSwitch,
+    /// The grant holds while the session (or the task's sessionless traffic) stays on the
+    /// approved tier, and is spent when it leaves it.
+    WhileOnTier,
+}
+
 /// What a budget guardrail does when crossed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -543,6 +557,8 @@ pub struct Constraints {
     pub approval_timeout: Duration,
     /// What happens when an approval request expires.
     pub on_approval_timeout: Exhausted,
+    /// How long a granted approval lasts.
+    pub approval_lifetime: ApprovalLifetime,
     /// Per-task-kind overrides.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tasks: BTreeMap<TaskKind, TaskOverride>,
@@ -573,6 +589,7 @@ impl Default for Constraints {
             approval: Approval::Never,
             approval_timeout: Duration::from_secs(15 * 60),
             on_approval_timeout: Exhausted::Suspend,
+            approval_lifetime: ApprovalLifetime::SingleSwitch,
             tasks: BTreeMap::new(),
             sla: Sla::default(),
             budget: None,

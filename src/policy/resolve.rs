@@ -428,6 +428,7 @@ pub(crate) fn compute_view(
         approval,
         approval_timeout: c.approval_timeout,
         on_approval_timeout: c.on_approval_timeout,
+        approval_lifetime: c.approval_lifetime,
         notification,
         when_exhausted,
         suspension: eff.suspension.clone(),

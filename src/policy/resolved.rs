@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::duration::format as fmt_dur;
 use super::model::{
-    Consent, Continuity, DataConstraints, Exhausted, Level, Notification, Recovery, Retry,
-    Selection, Sla, Suspension, Triggers, WindowBudget,
+    ApprovalLifetime, Consent, Continuity, DataConstraints, Exhausted, Level, Notification,
+    Recovery, Retry, Selection, Sla, Suspension, Triggers, WindowBudget,
 };
 use crate::catalog::EndpointIdx;
 use crate::digest::ContentDigest;
@@ -234,6 +234,10 @@ pub struct ResolvedPolicy {
     pub approval_timeout: Duration,
     /// What happens when it expires.
     pub on_approval_timeout: Exhausted,
+    /// How long a granted approval lasts (not serialized at its default, so views that do not
+    /// set it keep their digests).
+    #[serde(skip_serializing_if = "is_single_switch")]
+    pub approval_lifetime: ApprovalLifetime,
     /// How the user is told of a tier change.
     pub notification: Notification,
     /// What to do when nothing permissible is usable.
@@ -327,4 +331,8 @@ impl ResolvedPolicy {
         }
         self.digest = ContentDigest::of_parts(parts);
     }
+}
+
+fn is_single_switch(l: &ApprovalLifetime) -> bool {
+    *l == ApprovalLifetime::SingleSwitch
 }
