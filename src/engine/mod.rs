@@ -42,6 +42,7 @@ mod budget;
 mod client;
 mod continuity;
 mod expiry;
+mod ids;
 mod mode;
 mod record;
 mod reload;
@@ -70,10 +71,11 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
+pub use expiry::GivenUp;
+pub use ids::{IdSource, RandomIds, SeededIds};
 pub use mode::EngineMode;
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
-pub use expiry::GivenUp;
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
@@ -296,6 +298,7 @@ struct Inner<P, O> {
     shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
     counter: Arc<dyn TokenCounter>,
     replay: replay::ReplayLog<P>,
+    ids: Arc<dyn IdSource>,
 }
 
 /// The engine: `Send + Sync`, cheap to clone, shared by every task of a process.
@@ -343,6 +346,7 @@ pub struct EngineBuilder<P, O> {
     labels: crate::telemetry::TenantLabels,
     recorder: Option<Arc<dyn Recorder>>,
     counter: Option<Arc<dyn TokenCounter>>,
+    ids: Option<Arc<dyn IdSource>>,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -387,8 +391,9 @@ where
         self
     }
 
-    /// This replica's name in the health exchange (default: a name drawn at random for this
-    /// engine). Give each replica a stable, distinct name.
+    /// This replica's name in the health exchange (default: one from the [`IdSource`], drawn at
+    /// random for this engine unless [`EngineBuilder::ids`] says otherwise). Give each replica a
+    /// stable, distinct name.
     pub fn replica(mut self, name: impl Into<String>) -> Self {
         self.replica = Some(name.into());
         self
@@ -430,6 +435,14 @@ where
     /// on one replica is suspended on all.
     pub fn workflows(mut self, store: Arc<dyn WorkflowStore>) -> Self {
         self.workflows = Some(store);
+        self
+    }
+
+    /// Where resume tokens and the default replica name come from (default: [`RandomIds`],
+    /// unguessable). Give [`SeededIds`] for reproducible runs: byte-identical checkpoints and
+    /// audit logs.
+    pub fn ids(mut self, ids: Arc<dyn IdSource>) -> Self {
+        self.ids = Some(ids);
         self
     }
 
@@ -486,6 +499,7 @@ where
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let visibility =
             visibility::Visibility::new(clock.now(), self.stats, self.mode, self.labels);
+        let ids = self.ids.unwrap_or_else(|| Arc::new(RandomIds));
         Ok(Engine {
             inner: Arc::new(Inner {
                 policies: self.policies,
@@ -506,7 +520,7 @@ where
                     .approvals
                     .unwrap_or_else(|| Arc::new(MemoryApprovalStore::new())),
                 exchange: self.exchange,
-                replica: self.replica.unwrap_or_else(default_replica_name),
+                replica: self.replica.unwrap_or_else(|| ids.replica_name()),
                 freshness: self.freshness,
                 workflows: self
                     .workflows
@@ -521,6 +535,7 @@ where
                 shadow: arc_swap::ArcSwapOption::empty(),
                 counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
                 replay: replay::ReplayLog::default(),
+                ids,
             }),
         })
     }
@@ -587,6 +602,7 @@ where
             labels: crate::telemetry::TenantLabels::new(),
             recorder: None,
             counter: None,
+            ids: None,
         }
     }
 
@@ -1607,7 +1623,10 @@ where
         };
         let top = view.top_tier().unwrap_or(0);
         let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
-        let token = ResumeToken::generate(sid, session.and_then(|s| s.version).unwrap_or(0) + 1);
+        let token = self
+            .inner
+            .ids
+            .resume_token(sid, session.and_then(|s| s.version).unwrap_or(0) + 1);
         let trigger = reason.triggers.first().map(|t| t.record(catalog));
         let cp = self
             .checkpoint(
@@ -2387,16 +2406,6 @@ struct Routed {
     set: Arc<PolicySet>,
     deadline: Option<Timestamp>,
     now: Timestamp,
-}
-
-/// A replica name unique to this process: two engines that were not given names never take
-/// each other's health records for their own.
-fn default_replica_name() -> String {
-    use std::hash::BuildHasher;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let r = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n));
-    format!("replica-{r:016x}")
 }
 
 /// The refusal of a request the provider rejected as such.

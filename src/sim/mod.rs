@@ -12,8 +12,9 @@
 //! verification and each expectation's verdict.
 //!
 //! A run is a pure function of the scenario file and the policy files: the same inputs give a
-//! byte-identical JSON report on every machine (one thread, tasks polled in a fixed order, all
-//! randomness drawn from the scenario's `seed`).
+//! byte-identical JSON report and audit log on every machine (one thread, tasks polled in a fixed
+//! order, all randomness — latency draws, resume tokens through
+//! [`SeededIds`](crate::engine::SeededIds) — drawn from the scenario's `seed`).
 //!
 //! ```
 //! let report = downshift::sim::run_file(

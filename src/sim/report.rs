@@ -52,8 +52,9 @@ pub struct Report {
     pub shadow: Option<ShadowReport>,
     /// Every expectation holds.
     pub passed: bool,
-    /// The audit log (written by `--audit`; not part of the JSON report: checkpoint references
-    /// carry per-run resume tokens).
+    /// The audit log (written by `--audit` and [`Report::write_audit`]; byte-identical from run
+    /// to run, as the simulator's engine derives its resume tokens from the scenario's seed; not
+    /// part of the JSON report, to keep it short).
     #[serde(skip)]
     pub audit_records: Vec<AuditRecord>,
 }

@@ -278,6 +278,7 @@ pub(crate) fn execute(
         .sleeper(Arc::new(VirtualSleeper(time.clone())))
         .audit(audit.clone())
         .replica("sim")
+        .ids(Arc::new(crate::engine::SeededIds::new(scenario.seed)))
         .seed(scenario.seed);
     if let Some(r) = options.recorder.clone() {
         builder = builder.recorder(r);
