@@ -37,7 +37,7 @@ mod run;
 mod scenario;
 
 pub use exec::{Sleep, VirtualSleeper, VirtualTime};
-pub use replay::{ReplayDiff, ReplayReport, Side, SideBySide, replay, replay_file};
+pub use replay::{ReplayDiff, Side, SideBySide, WhatIfReport, replay, replay_file};
 pub use report::{
     AuditSummary, BreakerChange, Event, MAX_EVENTS, Report, TenantSummary, Timeline, TimelineRow,
     Transition, Verdict,
