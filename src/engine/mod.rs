@@ -2065,7 +2065,8 @@ where
 
     /// Suspended sessions whose retry time has come and whose tenant has an endpoint that is
     /// usable again and has stayed healthy for the policy's `recovery.promotion.healthy_for`, so
-    /// an orchestrator can resume them.
+    /// an orchestrator can resume them. The store is listed only for tenants with a view that
+    /// is back, so calling it every second during a long outage stays cheap.
     ///
     /// # Errors
     /// A checkpoint store error.
@@ -2074,14 +2075,32 @@ where
         let set = self.inner.policies.current();
         let mut out = Vec::new();
         for tenant in set.tenants() {
+            let Ok(tp) = set.tenant(tenant.as_str()) else {
+                continue;
+            };
+            // Whether each of the tenant's views is back, decided once per view (it does not
+            // depend on the session). A tenant none of whose views is back has nothing to resume:
+            // its suspended sessions are not even listed, so a long outage with thousands of
+            // suspended sessions costs one health check per view and tick, not a scan.
+            let mut back: Vec<(*const ResolvedPolicy, bool)> = Vec::new();
+            for view in std::iter::once(tp.default_view())
+                .chain(tp.task_kinds().into_iter().map(|k| tp.view(k.as_str())))
+            {
+                if !back
+                    .iter()
+                    .any(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(view)))
+                {
+                    back.push((Arc::as_ptr(view), self.back_for(view, now)));
+                }
+            }
+            if !back.iter().any(|(_, b)| *b) {
+                continue;
+            }
             let list = self
                 .inner
                 .checkpoints
                 .list(tenant, &ListFilter::all().suspended_only())
                 .await?;
-            let Ok(tp) = set.tenant(tenant.as_str()) else {
-                continue;
-            };
             for s in list.sessions {
                 let Some(susp) = s.suspended else { continue };
                 if susp.retry_at.is_some_and(|t| t > now) {
@@ -2100,7 +2119,11 @@ where
                     Some(t) => tp.view(t.as_str()),
                     None => tp.default_view(),
                 };
-                if !self.back_for(view, now) {
+                let is_back = back
+                    .iter()
+                    .find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(view)))
+                    .map_or_else(|| self.back_for(view, now), |(_, b)| *b);
+                if !is_back {
                     continue;
                 }
                 out.push(ReadyToResume {
