@@ -151,15 +151,17 @@ where
         let inner = &*self.inner;
         let start = inner.clock.now();
         let mode = inner.visibility.mode.load_full();
-        let fut = async {
+        // The call loop's state lives on the heap: one allocation instead of copying several
+        // kilobytes each time a caller's executor moves the future `Engine::call` returns
+        // (`tests/call_future_is_small.rs`).
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = CallResult<O>> + Send + '_>> =
             match &*mode {
-                EngineMode::PerTenant => self.call_per_tenant(&call).await,
-                EngineMode::ObserveOnly => self.call_observe_only(&call).await,
+                EngineMode::PerTenant => Box::pin(self.call_per_tenant(&call)),
+                EngineMode::ObserveOnly => Box::pin(self.call_observe_only(&call)),
                 EngineMode::PlatformBreaker { fallback } => {
-                    self.call_platform_breaker(&call, fallback).await
+                    Box::pin(self.call_platform_breaker(&call, fallback))
                 }
-            }
-        };
+            };
         #[cfg(feature = "tracing")]
         let (result, span) = {
             use tracing::Instrument;
