@@ -637,7 +637,7 @@ pub fn replay(path: &Path, text: &str, candidate: PolicySet) -> Result<WhatIfRep
             }
         }
     }
-    let candidate = super::report::summarise(&scenario, path, &raw)?;
+    let candidate = super::report::summarise(&scenario, path, raw)?;
     Ok(WhatIfReport {
         calls: same + differing,
         same,

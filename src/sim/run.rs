@@ -179,7 +179,7 @@ pub fn run_file(path: impl AsRef<Path>, options: RunOptions) -> Result<super::Re
 /// As [`run_file`].
 pub fn run(scenario: &Scenario, path: &Path, options: RunOptions) -> Result<super::Report, Error> {
     let raw = execute(scenario, path, options, None)?;
-    super::report::summarise(scenario, path, &raw)
+    super::report::summarise(scenario, path, raw)
 }
 
 #[allow(clippy::too_many_lines)]
