@@ -106,6 +106,36 @@ fn the_same_scenario_gives_a_byte_identical_json_report() {
 }
 
 #[test]
+fn the_same_scenario_gives_a_byte_identical_audit_log_and_report_with_suspensions_and_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["outage_drill", "all_tiers_down", "context_window_downgrade"] {
+        let path = root().join(format!("examples/scenarios/{name}.json"));
+        let mut runs = Vec::new();
+        for i in 0..2 {
+            let r = run_file(&path, RunOptions::default()).unwrap();
+            let file = dir.path().join(format!("{name}.{i}.jsonl"));
+            r.write_audit(&file).unwrap();
+            runs.push((r, std::fs::read(&file).unwrap()));
+        }
+        let (a, b) = (&runs[0], &runs[1]);
+        // The scenarios exercise what used to carry per-run ids: suspensions (resume tokens in
+        // checkpoints) and, in the drill, approvals.
+        let log = String::from_utf8(a.1.clone()).unwrap();
+        assert!(log.contains(r#""type":"suspension""#), "{name}");
+        if name == "outage_drill" {
+            assert!(log.contains("approval_requested"), "{name}");
+        }
+        assert_eq!(a.0.audit_records, b.0.audit_records, "{name}");
+        assert_eq!(a.1, b.1, "{name}: the audit files differ");
+        assert_eq!(
+            serde_json::to_string(&a.0).unwrap(),
+            serde_json::to_string(&b.0).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn another_seed_draws_other_latencies() {
     let path = drill();
     let mut s = Scenario::load(&path).unwrap();

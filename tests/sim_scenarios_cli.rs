@@ -120,6 +120,34 @@ fn the_json_report_is_byte_identical_from_run_to_run() {
 }
 
 #[test]
+fn the_audit_file_and_json_report_are_byte_identical_from_run_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Suspensions and resumes (resume tokens in checkpoints), and approvals in the drill.
+    for name in ["all_tiers_down", "outage_drill", "residency_standby"] {
+        let scenario = format!("examples/scenarios/{name}.json");
+        let mut runs = Vec::new();
+        for i in 0..2 {
+            let file = dir.path().join(format!("{name}.{i}.jsonl"));
+            let out = downshift(&[
+                "simulate",
+                "--json",
+                "--audit",
+                file.to_str().unwrap(),
+                &scenario,
+            ]);
+            assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+            runs.push((out.stdout, std::fs::read(&file).unwrap()));
+        }
+        let log = text(&runs[0].1);
+        assert!(log.contains(r#""type":"suspension""#), "{name}");
+        // A suspension's checkpoint digest covers its resume token.
+        assert!(log.contains(r#""checkpoint":{"digest":"#), "{name}");
+        assert_eq!(runs[0].0, runs[1].0, "{name}: the JSON reports differ");
+        assert_eq!(runs[0].1, runs[1].1, "{name}: the audit files differ");
+    }
+}
+
+#[test]
 fn the_audit_file_verifies_with_audit_verify() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.jsonl");

@@ -60,7 +60,7 @@ enum Command {
         /// The candidate policy set: files or directories (repeatable).
         #[arg(long = "policy", required = true, value_name = "PATH")]
         policy: Vec<PathBuf>,
-        /// Machine-readable output.
+        /// Machine-readable output: the what-if report as JSON.
         #[arg(long)]
         json: bool,
     },

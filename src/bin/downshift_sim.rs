@@ -117,8 +117,9 @@ pub(crate) fn simulate(
     }
 }
 
-/// Replays a recording under a candidate policy: exit 0 when every call is decided the same,
-/// 1 when some differ, 2 for bad input.
+/// Replays a recording under a candidate policy and prints the what-if report
+/// ([`downshift::sim::WhatIfReport`]): exit 0 when every call is decided the same, 1 when some
+/// differ, 2 for bad input.
 pub(crate) fn replay(recording: &Path, policy: &[PathBuf], json: bool) -> ExitCode {
     let set = match PolicySet::load(policy) {
         Ok(s) => s,

@@ -123,7 +123,8 @@ impl fmt::Display for TierAt {
 /// the caller's own access control. Tokens are derived with SHA-256 from the session, the
 /// checkpoint version it will be saved at and entropy ([`ResumeToken::generate`] uses a
 /// per-process random seed from the operating system plus a counter;
-/// [`ResumeToken::derive`] takes caller-supplied entropy, for reproducible simulations).
+/// [`ResumeToken::derive`] takes caller-supplied entropy, for reproducible simulations). The
+/// engine draws its tokens from its [`IdSource`](crate::engine::IdSource).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct ResumeToken(String);

@@ -42,6 +42,7 @@ mod budget;
 mod client;
 mod continuity;
 mod expiry;
+mod ids;
 mod mode;
 mod record;
 mod reload;
@@ -70,6 +71,7 @@ pub use client::{
     NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
 pub use expiry::GivenUp;
+pub use ids::{IdSource, RandomIds, SeededIds};
 pub use mode::EngineMode;
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
@@ -301,6 +303,7 @@ struct Inner<P, O> {
     shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
     counter: Arc<dyn TokenCounter>,
     replay: replay::ReplayLog<P>,
+    ids: Arc<dyn IdSource>,
 }
 
 /// The engine: `Send + Sync`, cheap to clone, shared by every task of a process.
@@ -349,6 +352,7 @@ pub struct EngineBuilder<P, O> {
     labels: crate::telemetry::TenantLabels,
     recorder: Option<Arc<dyn Recorder>>,
     counter: Option<Arc<dyn TokenCounter>>,
+    ids: Option<Arc<dyn IdSource>>,
 }
 
 impl<P, O> std::fmt::Debug for EngineBuilder<P, O> {
@@ -393,8 +397,9 @@ where
         self
     }
 
-    /// This replica's name in the health exchange (default: a name drawn at random for this
-    /// engine). Give each replica a stable, distinct name.
+    /// This replica's name in the health exchange (default: one from the [`IdSource`], drawn at
+    /// random for this engine unless [`EngineBuilder::ids`] says otherwise). Give each replica a
+    /// stable, distinct name.
     pub fn replica(mut self, name: impl Into<String>) -> Self {
         self.replica = Some(name.into());
         self
@@ -436,6 +441,14 @@ where
     /// on one replica is suspended on all.
     pub fn workflows(mut self, store: Arc<dyn WorkflowStore>) -> Self {
         self.workflows = Some(store);
+        self
+    }
+
+    /// Where resume tokens and the default replica name come from (default: [`RandomIds`],
+    /// unguessable). Give [`SeededIds`] for reproducible runs: byte-identical checkpoints and
+    /// audit logs.
+    pub fn ids(mut self, ids: Arc<dyn IdSource>) -> Self {
+        self.ids = Some(ids);
         self
     }
 
@@ -506,6 +519,7 @@ where
             self.labels,
             self.metrics,
         );
+        let ids = self.ids.unwrap_or_else(|| Arc::new(RandomIds));
         Ok(Engine {
             inner: Arc::new(Inner {
                 policies: self.policies,
@@ -526,7 +540,7 @@ where
                     .approvals
                     .unwrap_or_else(|| Arc::new(MemoryApprovalStore::new())),
                 exchange: self.exchange,
-                replica: self.replica.unwrap_or_else(default_replica_name),
+                replica: self.replica.unwrap_or_else(|| ids.replica_name()),
                 freshness: self.freshness,
                 workflows: self
                     .workflows
@@ -541,6 +555,7 @@ where
                 shadow: arc_swap::ArcSwapOption::empty(),
                 counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
                 replay: replay::ReplayLog::default(),
+                ids,
             }),
         })
     }
@@ -608,6 +623,7 @@ where
             labels: crate::telemetry::TenantLabels::new(),
             recorder: None,
             counter: None,
+            ids: None,
         }
     }
 
@@ -1628,7 +1644,10 @@ where
         };
         let top = view.top_tier().unwrap_or(0);
         let from = session.and_then(|s| s.tier).map_or(top, |(t, _)| t);
-        let token = ResumeToken::generate(sid, session.and_then(|s| s.version).unwrap_or(0) + 1);
+        let token = self
+            .inner
+            .ids
+            .resume_token(sid, session.and_then(|s| s.version).unwrap_or(0) + 1);
         let trigger = reason.triggers.first().map(|t| t.record(catalog));
         let cp = self
             .checkpoint(
@@ -2067,7 +2086,8 @@ where
 
     /// Suspended sessions whose retry time has come and whose tenant has an endpoint that is
     /// usable again and has stayed healthy for the policy's `recovery.promotion.healthy_for`, so
-    /// an orchestrator can resume them.
+    /// an orchestrator can resume them. The store is listed only for tenants with a view that
+    /// is back, so calling it every second during a long outage stays cheap.
     ///
     /// # Errors
     /// A checkpoint store error.
@@ -2076,14 +2096,32 @@ where
         let set = self.inner.policies.current();
         let mut out = Vec::new();
         for tenant in set.tenants() {
+            let Ok(tp) = set.tenant(tenant.as_str()) else {
+                continue;
+            };
+            // Whether each of the tenant's views is back, decided once per view (it does not
+            // depend on the session). A tenant none of whose views is back has nothing to resume:
+            // its suspended sessions are not even listed, so a long outage with thousands of
+            // suspended sessions costs one health check per view and tick, not a scan.
+            let mut back: Vec<(*const ResolvedPolicy, bool)> = Vec::new();
+            for view in std::iter::once(tp.default_view())
+                .chain(tp.task_kinds().into_iter().map(|k| tp.view(k.as_str())))
+            {
+                if !back
+                    .iter()
+                    .any(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(view)))
+                {
+                    back.push((Arc::as_ptr(view), self.back_for(view, now)));
+                }
+            }
+            if !back.iter().any(|(_, b)| *b) {
+                continue;
+            }
             let list = self
                 .inner
                 .checkpoints
                 .list(tenant, &ListFilter::all().suspended_only())
                 .await?;
-            let Ok(tp) = set.tenant(tenant.as_str()) else {
-                continue;
-            };
             for s in list.sessions {
                 let Some(susp) = s.suspended else { continue };
                 if susp.retry_at.is_some_and(|t| t > now) {
@@ -2102,7 +2140,11 @@ where
                     Some(t) => tp.view(t.as_str()),
                     None => tp.default_view(),
                 };
-                if !self.back_for(view, now) {
+                let is_back = back
+                    .iter()
+                    .find(|(p, _)| std::ptr::eq(*p, Arc::as_ptr(view)))
+                    .map_or_else(|| self.back_for(view, now), |(_, b)| *b);
+                if !is_back {
                     continue;
                 }
                 out.push(ReadyToResume {
@@ -2408,16 +2450,6 @@ struct Routed {
     set: Arc<PolicySet>,
     deadline: Option<Timestamp>,
     now: Timestamp,
-}
-
-/// A replica name unique to this process: two engines that were not given names never take
-/// each other's health records for their own.
-fn default_replica_name() -> String {
-    use std::hash::BuildHasher;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let r = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), n));
-    format!("replica-{r:016x}")
 }
 
 /// The refusal of a request the provider rejected as such.

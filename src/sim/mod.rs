@@ -12,8 +12,9 @@
 //! verification and each expectation's verdict.
 //!
 //! A run is a pure function of the scenario file and the policy files: the same inputs give a
-//! byte-identical JSON report on every machine (one thread, tasks polled in a fixed order, all
-//! randomness drawn from the scenario's `seed`).
+//! byte-identical JSON report and audit log on every machine (one thread, tasks polled in a fixed
+//! order, all randomness — latency draws, resume tokens through
+//! [`SeededIds`](crate::engine::SeededIds) — drawn from the scenario's `seed`).
 //!
 //! ```
 //! let report = downshift::sim::run_file(
@@ -36,7 +37,7 @@ mod run;
 mod scenario;
 
 pub use exec::{Sleep, VirtualSleeper, VirtualTime};
-pub use replay::{ReplayDiff, ReplayReport, Side, SideBySide, replay, replay_file};
+pub use replay::{ReplayDiff, Side, SideBySide, WhatIfReport, replay, replay_file};
 pub use report::{
     AuditSummary, BreakerChange, Event, MAX_EVENTS, Report, TenantSummary, Timeline, TimelineRow,
     Transition, Verdict,

@@ -469,9 +469,13 @@ pub struct ReplayDiff {
     pub candidate: String,
 }
 
-/// The result of a replay.
+/// The result of a what-if replay of a recording under a candidate policy: what each tenant
+/// experienced under the recorded policy, side by side with what it would have experienced
+/// under the candidate. (Not to be confused with
+/// [`engine::ReplayReport`](crate::engine::ReplayReport), the continuity replay of a session's
+/// degraded steps.)
 #[derive(Debug, Clone, Serialize)]
-pub struct ReplayReport {
+pub struct WhatIfReport {
     /// Recorded calls replayed.
     pub calls: u64,
     /// Calls decided the same way (outcome, tier and endpoint).
@@ -497,7 +501,7 @@ fn describe(outcome: &str, tier: Option<u32>, endpoint: Option<&str>) -> String 
 ///
 /// # Errors
 /// [`SimError::Io`] or [`SimError::Recording`].
-pub fn replay_file(path: impl AsRef<Path>, candidate: PolicySet) -> Result<ReplayReport, Error> {
+pub fn replay_file(path: impl AsRef<Path>, candidate: PolicySet) -> Result<WhatIfReport, Error> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
         path: path.to_path_buf(),
@@ -510,7 +514,7 @@ pub fn replay_file(path: impl AsRef<Path>, candidate: PolicySet) -> Result<Repla
 ///
 /// # Errors
 /// [`SimError::Recording`] for a line that cannot be used.
-pub fn replay(path: &Path, text: &str, candidate: PolicySet) -> Result<ReplayReport, Error> {
+pub fn replay(path: &Path, text: &str, candidate: PolicySet) -> Result<WhatIfReport, Error> {
     let rec = Arc::new(Recording::parse(path, text)?);
     let first = rec.calls.iter().map(|c| c.at).min().unwrap_or_default();
     let last = rec.calls.iter().map(|c| c.at).max().unwrap_or_default();
@@ -633,8 +637,8 @@ pub fn replay(path: &Path, text: &str, candidate: PolicySet) -> Result<ReplayRep
             }
         }
     }
-    let candidate = super::report::summarise(&scenario, path, &raw)?;
-    Ok(ReplayReport {
+    let candidate = super::report::summarise(&scenario, path, raw)?;
+    Ok(WhatIfReport {
         calls: same + differing,
         same,
         differing,
@@ -651,7 +655,7 @@ pub fn replay(path: &Path, text: &str, candidate: PolicySet) -> Result<ReplayRep
     })
 }
 
-impl ReplayReport {
+impl WhatIfReport {
     /// The replay as text: per tenant, recorded beside candidate, then the differing calls.
     #[must_use]
     pub fn render(&self) -> String {

@@ -52,8 +52,9 @@ pub struct Report {
     pub shadow: Option<ShadowReport>,
     /// Every expectation holds.
     pub passed: bool,
-    /// The audit log (written by `--audit`; not part of the JSON report: checkpoint references
-    /// carry per-run resume tokens).
+    /// The audit log (written by `--audit` and [`Report::write_audit`]; byte-identical from run
+    /// to run, as the simulator's engine derives its resume tokens from the scenario's seed; not
+    /// part of the JSON report, to keep it short).
     #[serde(skip)]
     pub audit_records: Vec<AuditRecord>,
 }
@@ -207,14 +208,27 @@ fn pct(sorted: &[u64], p: u64) -> u64 {
 }
 
 /// Builds the report of a finished run.
-pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<Report, Error> {
+pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: Raw) -> Result<Report, Error> {
     let catalog = raw.set.catalog();
     let start = raw.start;
     // Per tenant.
+    // One pass over the calls and one over the audit log, grouped by tenant.
+    let mut by_tenant: Vec<Vec<&CallRec>> = vec![Vec::new(); raw.tenants.len()];
+    for c in &raw.calls {
+        if let Some(v) = by_tenant.get_mut(c.tenant) {
+            v.push(c);
+        }
+    }
+    let mut audit_of: BTreeMap<&str, Vec<&AuditRecord>> = BTreeMap::new();
+    for r in &raw.audit {
+        if let Some(t) = &r.event.tenant {
+            audit_of.entry(t.as_str()).or_default().push(r);
+        }
+    }
     let mut tenants = Vec::new();
-    for (ti, tenant) in raw.tenants.iter().enumerate() {
-        let calls: Vec<&CallRec> = raw.calls.iter().filter(|c| c.tenant == ti).collect();
-        tenants.push(summary(tenant, &calls, &raw.audit));
+    for (tenant, calls) in raw.tenants.iter().zip(&by_tenant) {
+        let audit = audit_of.get(tenant.as_str()).map_or(&[][..], Vec::as_slice);
+        tenants.push(summary(tenant, calls, audit));
     }
     // Timeline.
     let bucket = u64::try_from(scenario.bucket.as_millis())
@@ -226,7 +240,7 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
     let mut pairs: Vec<(usize, usize)> = raw.calls.iter().map(|c| (c.tenant, c.task)).collect();
     pairs.sort_unstable();
     pairs.dedup();
-    let counts = bucket_counts(raw, start.as_millis(), bucket, n);
+    let counts = bucket_counts(&raw, start.as_millis(), bucket, n);
     for (ti, ki) in pairs {
         let mut cells = String::new();
         let row = counts.get(&(ti, ki));
@@ -234,7 +248,7 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
             let lo = start.as_millis() + b as u64 * bucket;
             let hi = lo + bucket;
             let c = row.and_then(|r| r.get(b)).copied().unwrap_or([0; 14]);
-            cells.push(cell(raw, ti, ki, &c, lo, hi));
+            cells.push(cell(&raw, ti, ki, &c, lo, hi));
         }
         let (Some(tenant), Some(task)) = (raw.tenants.get(ti), raw.tasks.get(ki)) else {
             continue;
@@ -333,7 +347,7 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
     // Expectations.
     let mut expectations = Vec::new();
     for (i, x) in scenario.expectations.iter().enumerate() {
-        expectations.push(super::expect::check(x, i, raw, &audit, path)?);
+        expectations.push(super::expect::check(x, i, &raw, &audit, path)?);
     }
     let passed = expectations.iter().all(|v| v.passed);
     Ok(Report {
@@ -356,7 +370,7 @@ pub(crate) fn summarise(scenario: &Scenario, path: &Path, raw: &Raw) -> Result<R
         expectations,
         shadow: raw.shadow.clone(),
         passed,
-        audit_records: raw.audit.clone(),
+        audit_records: raw.audit,
     })
 }
 
@@ -426,7 +440,7 @@ fn cell(raw: &Raw, ti: usize, ki: usize, counts: &Counts, lo: u64, hi: u64) -> c
 pub(crate) fn summary(
     tenant: &TenantId,
     calls: &[&CallRec],
-    audit: &[AuditRecord],
+    audit: &[&AuditRecord],
 ) -> TenantSummary {
     let mut per_tier: BTreeMap<u32, u64> = BTreeMap::new();
     let (mut served, mut degraded, mut rejections, mut misses) = (0u64, 0u64, 0u64, 0u64);
@@ -460,7 +474,7 @@ pub(crate) fn summary(
         primary += c.primary_cost;
     }
     lat.sort_unstable();
-    let of_tenant = |r: &&AuditRecord| r.event.tenant.as_ref() == Some(tenant);
+    let of_tenant = |r: &&&AuditRecord| r.event.tenant.as_ref() == Some(tenant);
     let suspensions = audit
         .iter()
         .filter(of_tenant)

@@ -179,7 +179,7 @@ pub fn run_file(path: impl AsRef<Path>, options: RunOptions) -> Result<super::Re
 /// As [`run_file`].
 pub fn run(scenario: &Scenario, path: &Path, options: RunOptions) -> Result<super::Report, Error> {
     let raw = execute(scenario, path, options, None)?;
-    super::report::summarise(scenario, path, &raw)
+    super::report::summarise(scenario, path, raw)
 }
 
 #[allow(clippy::too_many_lines)]
@@ -278,6 +278,7 @@ pub(crate) fn execute(
         .sleeper(Arc::new(VirtualSleeper(time.clone())))
         .audit(audit.clone())
         .replica("sim")
+        .ids(Arc::new(crate::engine::SeededIds::new(scenario.seed)))
         .seed(scenario.seed);
     if let Some(r) = options.recorder.clone() {
         builder = builder.recorder(r);
