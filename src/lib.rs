@@ -107,9 +107,9 @@ pub mod error;
 pub mod id;
 pub mod policy;
 pub mod router;
+pub mod sim;
 pub mod stats;
 pub mod telemetry;
-pub mod sim;
 pub mod trigger;
 
 pub use audit::{

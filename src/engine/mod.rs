@@ -70,10 +70,10 @@ pub use client::{
     Chunk, ChunkStream, FinishReason, ModelClient, ModelError, ModelRequest, ModelResponse,
     NoSleep, Notice, NoticeKind, Notifier, Purpose, Sleeper, TokenUsage,
 };
+pub use expiry::GivenUp;
 pub use mode::EngineMode;
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
 pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
-pub use expiry::GivenUp;
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{

@@ -92,13 +92,14 @@ pub(crate) struct CallRecord<'a> {
     pub now: Timestamp,
 }
 
-/// `repr(C)`: the counters a snapshot reads sit together, ahead of the histogram.
+/// `repr(C)`: the key and the counters a snapshot reads sit together, ahead of the histogram.
 #[derive(Debug)]
 #[repr(C)]
 struct RouteCell {
-    tier: u32,
-    endpoint: EndpointIdx,
-    tier_name: Arc<str>,
+    /// `tier << 32 | endpoint`; [`UNSET`] while a tenant's inline cell is unclaimed.
+    key: AtomicU64,
+    /// Set right after the key is claimed.
+    tier_name: OnceLock<Arc<str>>,
     attempts: AtomicU64,
     degraded: AtomicU64,
     input: AtomicU64,
@@ -109,25 +110,46 @@ struct RouteCell {
     latency: Histogram,
 }
 
-impl RouteCell {
-    fn new(tier: u32, tier_name: Arc<str>, endpoint: EndpointIdx) -> Self {
+/// The key of an unclaimed inline route cell.
+const UNSET: u64 = u64::MAX;
+
+fn route_key(tier: u32, endpoint: EndpointIdx) -> u64 {
+    (u64::from(tier) << 32) | u64::from(endpoint.0)
+}
+
+impl Default for RouteCell {
+    fn default() -> Self {
         RouteCell {
-            tier,
-            tier_name,
-            endpoint,
+            key: AtomicU64::new(UNSET),
+            tier_name: OnceLock::new(),
             attempts: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
-            outcomes: Default::default(),
-            latency: Histogram::default(),
             input: AtomicU64::new(0),
             output: AtomicU64::new(0),
             cost: AtomicU64::new(0),
             primary_cost: AtomicU64::new(0),
+            outcomes: Default::default(),
+            latency: Histogram::default(),
         }
+    }
+}
+
+impl RouteCell {
+    fn new(tier: u32, tier_name: Arc<str>, endpoint: EndpointIdx) -> Self {
+        let cell = RouteCell::default();
+        cell.key.store(route_key(tier, endpoint), R);
+        let _ = cell.tier_name.set(tier_name);
+        cell
     }
 
     fn is(&self, a: &AttemptRecord<'_>) -> bool {
-        self.tier == a.tier && self.endpoint == a.endpoint
+        self.key.load(R) == route_key(a.tier, a.endpoint)
+    }
+
+    /// The (tier, endpoint), `None` while unclaimed.
+    fn tier_endpoint(&self) -> Option<(u32, EndpointIdx)> {
+        let k = self.key.load(R);
+        (k != UNSET).then(|| ((k >> 32) as u32, EndpointIdx(k as u32)))
     }
 }
 
@@ -157,11 +179,11 @@ struct TenantCell {
     open_episodes: AtomicU32,
     /// Set once `more` holds a route.
     has_more: AtomicBool,
+    /// The first (tier, endpoint) the tenant used, inline right after the counters: most
+    /// tenants use one, and a snapshot then reads it without chasing a pointer.
+    first: RouteCell,
     latency: Histogram,
     would_last: Mutex<Option<Box<WouldBeDecision>>>,
-    /// The first (tier, endpoint) the tenant used, inline: most tenants use one, and a snapshot
-    /// then reads it without chasing a pointer.
-    first: OnceLock<RouteCell>,
     /// The other routes, in the order first seen.
     more: ArcSwap<Vec<Arc<RouteCell>>>,
 }
@@ -174,11 +196,15 @@ enum RouteRef<'a> {
 
 impl TenantCell {
     fn route<'a>(&'a self, a: &AttemptRecord<'_>, names: &Interner) -> RouteRef<'a> {
-        let first = self
-            .first
-            .get_or_init(|| RouteCell::new(a.tier, names.intern(a.tier_name), a.endpoint));
-        if first.is(a) {
-            return RouteRef::Inline(first);
+        let first = &self.first;
+        let key = route_key(a.tier, a.endpoint);
+        match first.key.compare_exchange(UNSET, key, R, R) {
+            Ok(_) => {
+                let _ = first.tier_name.set(names.intern(a.tier_name));
+                return RouteRef::Inline(first);
+            }
+            Err(k) if k == key => return RouteRef::Inline(first),
+            Err(_) => {}
         }
         if self.has_more.load(R) {
             if let Some(r) = self.more.load().iter().find(|r| r.is(a)) {
@@ -651,17 +677,22 @@ fn route_stats(
     for (s, o) in outcome_sum.iter_mut().zip(oc) {
         *s += o;
     }
+    let (tier, endpoint) = r.tier_endpoint().unwrap_or((0, EndpointIdx(u32::MAX)));
     let attempts = r.attempts.load(R);
-    if let Some(n) = per_endpoint.get_mut(r.endpoint.0 as usize) {
+    if let Some(n) = per_endpoint.get_mut(endpoint.0 as usize) {
         *n += attempts;
     }
     let rc = load_f64(&r.cost);
     let rp = load_f64(&r.primary_cost);
     RouteStats {
-        tier: r.tier,
-        tier_name: Arc::clone(&r.tier_name),
+        tier,
+        // Set right after the key: an attempt recorded in between is all that can miss it.
+        tier_name: r
+            .tier_name
+            .get()
+            .map_or_else(|| Arc::from("?"), Arc::clone),
         endpoint: catalog
-            .try_endpoint(r.endpoint)
+            .try_endpoint(endpoint)
             .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
         attempts,
         degraded: r.degraded.load(R),
@@ -687,8 +718,8 @@ fn tenant_stats(
 ) -> TenantStats {
     let mut outcome_sum = [0u64; CLASSES];
     let first = routes.len();
-    if let Some(r) = t.first.get() {
-        routes.push(route_stats(r, catalog, per_endpoint, &mut outcome_sum));
+    if t.first.tier_endpoint().is_some() {
+        routes.push(route_stats(&t.first, catalog, per_endpoint, &mut outcome_sum));
     }
     if t.has_more.load(R) {
         for r in t.more.load().iter() {
