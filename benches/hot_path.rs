@@ -609,12 +609,18 @@ impl RouteFixture {
             .zip(&budgets)
             .map(
                 |((t, session), b): ((&TenantId, SessionId), &Option<Budget>)| {
+                    // A caller holding handles names the tenant by the handle's own id, so
+                    // the router's and the evaluator's checks are pointer comparisons.
+                    let handle = set.tenant_handle(t).expect("tenant");
                     let budget = b.as_ref().map(|_| {
-                        eval.budget_handle(&BudgetScope::tenant(t).session(&session), now)
+                        eval.budget_handle(
+                            &BudgetScope::tenant(handle.tenant()).session(&session),
+                            now,
+                        )
                     });
                     RouteCaller {
                         tenant: t.clone(),
-                        handle: set.tenant_handle(t).expect("tenant"),
+                        handle,
                         session,
                         budget,
                     }
@@ -657,7 +663,8 @@ impl RouteFixture {
         let caller = &self.callers[k];
         let mut c = CallContext::new(&caller.tenant, &self.task);
         if by_handle {
-            c = c.tenant_handle(&caller.handle);
+            // As an engine does: the context names the tenant by the handle's own id.
+            c = CallContext::for_handle(&caller.handle, &self.task);
             if let Some(b) = &caller.budget {
                 c = c.budget_handle(b);
             }
@@ -686,9 +693,14 @@ impl RouteFixture {
         let now = Self::now(i);
         let caller = &self.callers[k];
         if let Decision::Route(r) = self.router.route(black_box(&c), now) {
+            let tenant = if by_handle {
+                caller.handle.tenant()
+            } else {
+                &caller.tenant
+            };
             let mut obs = Observation::new(
                 r.endpoint,
-                &caller.tenant,
+                tenant,
                 OutcomeClass::Ok,
                 now,
                 Duration::from_millis(400 + (mix(i) >> 54)),

@@ -762,8 +762,39 @@ fn with_the_flag_rule_degraded_steps_stay_flagged_until_reviewed() {
             .all(|s| s.purpose != Purpose::Replay)
     );
     assert_eq!(w.engine.degraded_steps(&sid).len(), 1, "still flagged");
-    assert!(w.engine.review_step(&sid, "step-1"));
+    let before = w.audit.records().len();
+    assert!(
+        block_on(
+            w.engine
+                .review_step(&sid, "step-1", "role:clinical-reviewer")
+        )
+        .unwrap()
+    );
     assert!(w.engine.degraded_steps(&sid).is_empty());
-    assert!(!w.engine.review_step(&sid, "step-1"));
+    // The review is audited: who cleared which step, served where.
+    let records = w.audit.records();
+    assert_eq!(records.len(), before + 1);
+    match &records[before].event.kind {
+        AuditEventKind::StepReviewed {
+            step,
+            served_by,
+            reviewer,
+        } => {
+            assert_eq!(step, "step-1");
+            assert_eq!(reviewer, "role:clinical-reviewer");
+            assert!(served_by.index > 0, "{served_by:?}");
+        }
+        other => panic!("expected step_reviewed, got {other:?}"),
+    }
+    assert_eq!(records[before].event.session.as_ref(), Some(&sid));
+    // A second review finds nothing and writes nothing.
+    assert!(
+        !block_on(
+            w.engine
+                .review_step(&sid, "step-1", "role:clinical-reviewer")
+        )
+        .unwrap()
+    );
+    assert_eq!(w.audit.records().len(), before + 1);
     assert!(block_on(w.engine.replay_degraded(&SessionId::new("unknown"))).is_err());
 }

@@ -69,6 +69,15 @@ fn the_tenant_label_stays_within_its_bound_with_100_000_tenants() {
     let w = world();
     let series = Arc::new(Series::default());
     let rec = Rec(Arc::clone(&series));
+    // Export is off by default: calls build no metric keys at all.
+    metrics::with_local_recorder(&rec, || {
+        block_on(w.engine.call(Call::new("acme", "summarization", payload())));
+    });
+    assert!(
+        series.label_values("tenant").is_empty(),
+        "nothing is exported before metrics are turned on"
+    );
+    w.engine.set_metrics_enabled(true);
     // Traffic: acme calls most, hold once.
     metrics::with_local_recorder(&rec, || {
         for _ in 0..3 {

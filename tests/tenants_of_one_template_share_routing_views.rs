@@ -90,6 +90,11 @@ fn a_handle_routes_like_the_id_and_a_stale_or_foreign_handle_is_not_trusted() {
     let by_handle = router.route(&CallContext::new(&acme, &task).tenant_handle(&handle), now);
     assert_eq!(by_id, by_handle);
     assert!(matches!(by_id, Decision::Route(ref r) if r.tier == 0));
+    // Named by the handle's own id (the pointer-compared fast path): the same decision.
+    assert_eq!(
+        router.route(&CallContext::for_handle(&handle, &task), now),
+        by_id
+    );
 
     // A handle for another tenant is ignored: the call's own tenant decides.
     let beta = TenantId::new("beta");
@@ -123,6 +128,11 @@ fn a_handle_routes_like_the_id_and_a_stale_or_foreign_handle_is_not_trusted() {
     assert_eq!(
         old, new,
         "a handle from before the reload falls back to the id"
+    );
+    assert_eq!(
+        router.route(&CallContext::for_handle(&handle, &task), now),
+        new,
+        "so does a context named by the stale handle's own id"
     );
     assert!(store.current().tenant_handle(&stranger).is_err());
 }

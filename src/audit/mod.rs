@@ -227,6 +227,16 @@ pub enum AuditEventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         diff: Option<ContentDigest>,
     },
+    /// A person reviewed a step served degraded (the policy's `recovery.replay` rule `flag`,
+    /// or a re-run whose outputs differed) and cleared its flag.
+    StepReviewed {
+        /// A reference to the step (its id in the caller's system).
+        step: String,
+        /// Who served it: the degraded tier and endpoint.
+        served_by: TierAt,
+        /// A reference to who reviewed it (account or role id).
+        reviewer: String,
+    },
 }
 
 impl AuditEventKind {
@@ -246,6 +256,7 @@ impl AuditEventKind {
             AuditEventKind::PolicyActivation { .. } => "policy_activation",
             AuditEventKind::ContextTransform { .. } => "context_transform",
             AuditEventKind::ReplayResult { .. } => "replay_result",
+            AuditEventKind::StepReviewed { .. } => "step_reviewed",
         }
     }
 }

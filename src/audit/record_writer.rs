@@ -391,6 +391,11 @@ mod tests {
                 outcome: ReplayOutcome::Differs,
                 diff: Some(ContentDigest::of_bytes(b"d")),
             },
+            AuditEventKind::StepReviewed {
+                step: s.into(),
+                served_by: t(2),
+                reviewer: s.into(),
+            },
         ]
     }
 

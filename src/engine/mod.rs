@@ -339,6 +339,7 @@ pub struct EngineBuilder<P, O> {
     workflows: Option<Arc<dyn WorkflowStore>>,
     seed: u64,
     stats: bool,
+    metrics: bool,
     mode: EngineMode,
     labels: crate::telemetry::TenantLabels,
     recorder: Option<Arc<dyn Recorder>>,
@@ -452,6 +453,15 @@ where
         self
     }
 
+    /// Whether calls are counted through the [`metrics`](https://docs.rs/metrics) facade
+    /// (feature `metrics`; default off). Off, the engine builds no metric keys at all: with the
+    /// feature compiled in but no exporter wanted, a call pays nothing for it. Switch at run
+    /// time with [`Engine::set_metrics_enabled`].
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
     /// How tenants are labelled in exported metrics (default: all `other`; feature `metrics`).
     pub fn metric_labels(mut self, labels: crate::telemetry::TenantLabels) -> Self {
         self.labels = labels;
@@ -484,8 +494,13 @@ where
             self.seed,
         );
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let visibility =
-            visibility::Visibility::new(clock.now(), self.stats, self.mode, self.labels);
+        let visibility = visibility::Visibility::new(
+            clock.now(),
+            self.stats,
+            self.mode,
+            self.labels,
+            self.metrics,
+        );
         Ok(Engine {
             inner: Arc::new(Inner {
                 policies: self.policies,
@@ -583,6 +598,7 @@ where
             workflows: None,
             seed: 0,
             stats: true,
+            metrics: false,
             mode: EngineMode::PerTenant,
             labels: crate::telemetry::TenantLabels::new(),
             recorder: None,
@@ -835,9 +851,9 @@ where
                 }));
             };
             let view = Arc::clone(tp.view(call.task.as_str()));
-            // The tenant is looked up once: the router takes it by handle.
-            let mut ctx = CallContext::new(&call.tenant, &call.task)
-                .tenant_handle(tp.handle())
+            // The tenant is looked up once: the router takes it by handle (with the handle's
+            // own id, so the router's check is a pointer comparison).
+            let mut ctx = CallContext::for_handle(tp.handle(), &call.task)
                 .requirements(call.requirements)
                 .step_boundary(call.new_step && attempts.is_empty())
                 .attempts(attempts);

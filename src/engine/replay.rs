@@ -169,15 +169,59 @@ where
             .unwrap_or_default()
     }
 
-    /// Marks a flagged step reviewed: it leaves the record. Returns whether it was there.
-    pub fn review_step(&self, session: &SessionId, step: &str) -> bool {
-        let mut map = self.inner.replay.sessions.lock();
-        let Some(list) = map.get_mut(session) else {
-            return false;
+    /// Marks a flagged step reviewed by `reviewer` (a reference to an account or role, not a
+    /// name typed in a prompt): it leaves the record, and an audit record
+    /// ([`AuditEventKind::StepReviewed`]) says who cleared which step served where. Returns
+    /// `false`, writing nothing, when the step is not recorded for the session.
+    ///
+    /// # Errors
+    /// The audit sink's error; the step then stays flagged.
+    pub async fn review_step(
+        &self,
+        session: &SessionId,
+        step: &str,
+        reviewer: &str,
+    ) -> Result<bool, Error> {
+        let inner = &*self.inner;
+        // Take the entry out while its record is written, so two reviews of one step write one
+        // record; it goes back in its place when the write fails.
+        let taken = {
+            let mut map = inner.replay.sessions.lock();
+            map.get_mut(session).and_then(|list| {
+                let at = list.iter().position(|e| e.step.step == step)?;
+                Some((at, list.remove(at)))
+            })
         };
-        let before = list.len();
-        list.retain(|e| e.step.step != step);
-        before != list.len()
+        let Some((at, entry)) = taken else {
+            return Ok(false);
+        };
+        let d = &entry.step;
+        let mut ev = AuditEvent::new(
+            inner.clock.now(),
+            AuditEventKind::StepReviewed {
+                step: d.step.clone(),
+                served_by: d.provenance.tier.clone(),
+                reviewer: reviewer.to_string(),
+            },
+        )
+        .tenant(d.tenant.clone())
+        .session(d.session.clone())
+        .task(d.task.clone());
+        let set = inner.policies.current();
+        if let Ok(tp) = set.tenant(d.tenant.as_str()) {
+            if let Some(p) = super::policy_ref(tp.view(d.task.as_str())) {
+                ev = ev.policy(p);
+            }
+        }
+        match inner.audit.append(ev).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let mut map = inner.replay.sessions.lock();
+                let list = map.entry(session.clone()).or_default();
+                list.insert(at.min(list.len()), entry);
+                Err(e.into())
+            }
+        }
     }
 
     /// Replays a session's degraded steps as the policy's `recovery.replay` rule says: `rerun`

@@ -24,15 +24,31 @@ pub(crate) struct Visibility {
     pub(crate) mode: ArcSwap<EngineMode>,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) labels: ArcSwap<TenantLabels>,
+    /// Whether calls are counted through the `metrics` facade (feature `metrics`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) metrics: std::sync::atomic::AtomicBool,
 }
 
 impl Visibility {
-    pub(crate) fn new(now: Timestamp, stats: bool, mode: EngineMode, labels: TenantLabels) -> Self {
+    pub(crate) fn new(
+        now: Timestamp,
+        stats: bool,
+        mode: EngineMode,
+        labels: TenantLabels,
+        metrics: bool,
+    ) -> Self {
         Visibility {
             stats: Collector::new(now, stats),
             mode: ArcSwap::from_pointee(mode),
             labels: ArcSwap::from_pointee(labels),
+            metrics: std::sync::atomic::AtomicBool::new(metrics),
         }
+    }
+
+    /// Whether metrics export is on.
+    #[cfg(feature = "metrics")]
+    fn exporting(&self) -> bool {
+        self.metrics.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -159,20 +175,32 @@ where
         self.inner.visibility.labels.store(Arc::new(labels));
     }
 
+    /// Turns metrics export through the `metrics` facade on or off at run time (feature
+    /// `metrics`; see [`EngineBuilder::metrics`](super::EngineBuilder::metrics)). Without the
+    /// feature the engine exports nothing either way.
+    pub fn set_metrics_enabled(&self, on: bool) {
+        self.inner
+            .visibility
+            .metrics
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The call, traced, counted and dispatched by mode.
     pub(crate) async fn call_visible(&self, call: Call<P>) -> CallResult<O> {
         let inner = &*self.inner;
         let start = inner.clock.now();
         let mode = inner.visibility.mode.load_full();
-        let fut = async {
+        // The call loop's state lives on the heap: one allocation instead of copying several
+        // kilobytes each time a caller's executor moves the future `Engine::call` returns
+        // (`tests/call_future_is_small.rs`).
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = CallResult<O>> + Send + '_>> =
             match &*mode {
-                EngineMode::PerTenant => self.call_per_tenant(&call).await,
-                EngineMode::ObserveOnly => self.call_observe_only(&call).await,
+                EngineMode::PerTenant => Box::pin(self.call_per_tenant(&call)),
+                EngineMode::ObserveOnly => Box::pin(self.call_observe_only(&call)),
                 EngineMode::PlatformBreaker { fallback } => {
-                    self.call_platform_breaker(&call, fallback).await
+                    Box::pin(self.call_platform_breaker(&call, fallback))
                 }
-            }
-        };
+            };
         #[cfg(feature = "tracing")]
         let (result, span) = {
             use tracing::Instrument;
@@ -262,7 +290,13 @@ where
         let inner = &*self.inner;
         let stats = &inner.visibility.stats;
         #[cfg(feature = "metrics")]
-        crate::telemetry::emit_result(&inner.visibility.labels.load(), &call.tenant, ended.outcome);
+        if inner.visibility.exporting() {
+            crate::telemetry::emit_result(
+                &inner.visibility.labels.load(),
+                &call.tenant,
+                ended.outcome,
+            );
+        }
         if !stats.enabled() {
             return;
         }
@@ -325,18 +359,20 @@ where
         };
         let tier_name = view.tier(route.tier).map_or("?", |t| t.name.as_str());
         #[cfg(feature = "metrics")]
-        crate::telemetry::emit_attempt(
-            &vis.labels.load(),
-            tenant,
-            route.tier,
-            &ep.id,
-            class,
-            route.degraded,
-            latency,
-            usage,
-            cost,
-            primary,
-        );
+        if vis.exporting() {
+            crate::telemetry::emit_attempt(
+                &vis.labels.load(),
+                tenant,
+                route.tier,
+                &ep.id,
+                class,
+                route.degraded,
+                latency,
+                usage,
+                cost,
+                primary,
+            );
+        }
         vis.stats.attempt(
             tenant,
             &AttemptRecord {

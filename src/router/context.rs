@@ -96,10 +96,21 @@ impl<'a> CallContext<'a> {
         }
     }
 
+    /// A call of the handle's tenant for `task`: [`CallContext::new`] with the handle's own id
+    /// ([`TenantHandle::tenant`]) and [`CallContext::tenant_handle`]. The cheapest way to route
+    /// a tenant: the router confirms the handle is for the call's tenant by comparing pointers,
+    /// without reading the id's text.
+    pub fn for_handle(handle: &'a TenantHandle, task: &'a TaskKind) -> Self {
+        CallContext::new(handle.tenant(), task).tenant_handle(handle)
+    }
+
     /// With a handle to the tenant (from
     /// [`PolicySet::tenant_handle`](crate::policy::PolicySet::tenant_handle)): the router reads
     /// the tenant's routing through it instead of looking the tenant up by id. A handle for
-    /// another tenant or from before a reload is ignored.
+    /// another tenant or from before a reload is ignored. The check is a pointer comparison
+    /// when the context's tenant is the handle's own id ([`TenantHandle::tenant`], or a clone
+    /// of it); with another `TenantId` of the same text it compares the text, which for a
+    /// tenant not in cache costs a memory access or two.
     pub const fn tenant_handle(mut self, handle: &'a TenantHandle) -> Self {
         self.handle = Some(handle);
         self

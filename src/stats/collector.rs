@@ -687,10 +687,7 @@ fn route_stats(
     RouteStats {
         tier,
         // Set right after the key: an attempt recorded in between is all that can miss it.
-        tier_name: r
-            .tier_name
-            .get()
-            .map_or_else(|| Arc::from("?"), Arc::clone),
+        tier_name: r.tier_name.get().map_or_else(|| Arc::from("?"), Arc::clone),
         endpoint: catalog
             .try_endpoint(endpoint)
             .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
@@ -719,7 +716,12 @@ fn tenant_stats(
     let mut outcome_sum = [0u64; CLASSES];
     let first = routes.len();
     if t.first.tier_endpoint().is_some() {
-        routes.push(route_stats(&t.first, catalog, per_endpoint, &mut outcome_sum));
+        routes.push(route_stats(
+            &t.first,
+            catalog,
+            per_endpoint,
+            &mut outcome_sum,
+        ));
     }
     if t.has_more.load(R) {
         for r in t.more.load().iter() {

@@ -51,7 +51,7 @@ pub fn trigger(measured: f64) -> TriggerRecord {
 
 /// One of every event kind, chosen by `n`, with references filled in.
 pub fn event(n: u64) -> AuditEvent {
-    let kind = match n % 12 {
+    let kind = match n % 13 {
         0 => AuditEventKind::TierChange {
             from: tier(0),
             to: tier(1),
@@ -97,11 +97,16 @@ pub fn event(n: u64) -> AuditEvent {
             summarizer: None,
             dropped_digest: None,
         },
-        _ => AuditEventKind::ReplayResult {
+        11 => AuditEventKind::ReplayResult {
             step: format!("step-{n}"),
             original: tier(0),
             outcome: ReplayOutcome::Differs,
             diff: Some(digests().diff.clone()),
+        },
+        _ => AuditEventKind::StepReviewed {
+            step: format!("step-{n}"),
+            served_by: tier(2),
+            reviewer: "role:reviewer".into(),
         },
     };
     let mut e = AuditEvent::new(
