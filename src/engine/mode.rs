@@ -193,7 +193,7 @@ where
         audit_seqs: &mut Vec<u64>,
     ) -> Result<Option<Arc<crate::checkpoint::AgentState>>, CallResult<O>> {
         let routed = super::Routed {
-            route: route.clone(),
+            route: *route,
             view: Arc::clone(view),
             set: Arc::clone(set),
             deadline,
@@ -241,7 +241,7 @@ where
         let mut route = route;
         match fits(&view, catalog, &route, call) {
             Ok(fit) => route.fit_context = fit,
-            Err(end) => return end,
+            Err(end) => return *end,
         }
         let pre = match self.mode_preflight(call, now).await {
             Ok(p) => p,
@@ -409,7 +409,7 @@ where
         };
         match fits(&view, catalog, &route, call) {
             Ok(fit) => route.fit_context = fit,
-            Err(end) => return end,
+            Err(end) => return *end,
         }
         let now = inner.clock.now();
         let context = match self
@@ -464,7 +464,7 @@ fn fits<P, O>(
     catalog: &crate::catalog::Catalog,
     route: &Route,
     call: &Call<P>,
-) -> Result<bool, CallResult<O>> {
+) -> Result<bool, Box<CallResult<O>>> {
     let Some(ep) = catalog.try_endpoint(route.endpoint) else {
         return Ok(false);
     };
@@ -473,7 +473,7 @@ fn fits<P, O>(
         Some(CapabilityGap::ContextWindow { .. }) if view.continuity.fit_to_smaller_window => {
             Ok(true)
         }
-        Some(gap) => Err(CallResult::Rejected(Rejection {
+        Some(gap) => Err(Box::new(CallResult::Rejected(Rejection {
             kind: if matches!(gap, CapabilityGap::ContextWindow { .. }) {
                 RejectKind::Context
             } else {
@@ -484,6 +484,6 @@ fn fits<P, O>(
                 "not sent: `{}` cannot take this request ({gap}) and the policy does not allow fitting it",
                 ep.id
             ),
-        })),
+        }))),
     }
 }

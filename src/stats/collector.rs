@@ -149,7 +149,7 @@ impl RouteCell {
     /// The (tier, endpoint), `None` while unclaimed.
     fn tier_endpoint(&self) -> Option<(u32, EndpointIdx)> {
         let k = self.key.load(R);
-        (k != UNSET).then(|| ((k >> 32) as u32, EndpointIdx(k as u32)))
+        (k != UNSET).then_some(((k >> 32) as u32, EndpointIdx(k as u32)))
     }
 }
 
