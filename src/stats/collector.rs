@@ -100,7 +100,6 @@ struct RouteCell {
     key: AtomicU64,
     /// Set right after the key is claimed.
     tier_name: OnceLock<Arc<str>>,
-    attempts: AtomicU64,
     degraded: AtomicU64,
     input: AtomicU64,
     output: AtomicU64,
@@ -122,7 +121,6 @@ impl Default for RouteCell {
         RouteCell {
             key: AtomicU64::new(UNSET),
             tier_name: OnceLock::new(),
-            attempts: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
             input: AtomicU64::new(0),
             output: AtomicU64::new(0),
@@ -383,7 +381,6 @@ impl Collector {
                 RouteRef::Inline(r) => r,
                 RouteRef::Shared(r) => &**r,
             };
-            r.attempts.fetch_add(1, R);
             if a.degraded {
                 r.degraded.fetch_add(1, R);
             }
@@ -678,7 +675,9 @@ fn route_stats(
         *s += o;
     }
     let (tier, endpoint) = r.tier_endpoint().unwrap_or((0, EndpointIdx(u32::MAX)));
-    let attempts = r.attempts.load(R);
+    // The attempts are the sum of the outcome counts (one count per attempt): consistent with
+    // them by construction, whatever a concurrent attempt has added so far.
+    let attempts: u64 = oc.iter().sum();
     if let Some(n) = per_endpoint.get_mut(endpoint.0 as usize) {
         *n += attempts;
     }
