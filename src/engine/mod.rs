@@ -54,7 +54,6 @@ mod stream;
 mod visibility;
 mod workflow;
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -244,22 +243,28 @@ struct SessionState {
 
 const SHARDS: usize = 32;
 
+/// One shard's sessions: hashbrown with its default hasher (foldhash, randomly seeded), several
+/// times cheaper than std's SipHash on the per-call path.
+type SessionMap = hashbrown::HashMap<SessionId, SessionState>;
+
 /// Sessions, sharded so calls of different sessions do not contend.
 #[derive(Debug)]
 struct Sessions {
-    shards: Box<[Mutex<HashMap<SessionId, SessionState>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<SessionMap>]>,
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Sessions {
     fn new() -> Self {
         Sessions {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(SessionMap::default()))
+                .collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
-    fn shard(&self, s: &SessionId) -> &Mutex<HashMap<SessionId, SessionState>> {
+    fn shard(&self, s: &SessionId) -> &Mutex<SessionMap> {
         &self.shards[(self.hasher.hash_one(s) as usize) % SHARDS]
     }
 
