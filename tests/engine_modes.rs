@@ -177,3 +177,110 @@ fn platform_breaker_sends_everyone_to_one_fallback_within_their_policies() {
     assert_eq!(s.tenant("acme").unwrap().degraded, 2);
     assert_eq!(s.mode.name(), "platform_breaker");
 }
+
+fn kinds(w: &visibility::World) -> Vec<&'static str> {
+    w.audit
+        .records()
+        .iter()
+        .map(|r| r.event.kind.name())
+        .filter(|k| *k != "policy_activation")
+        .collect()
+}
+
+#[test]
+fn platform_breaker_audits_each_fallback_transition_once_not_once_per_call() {
+    let w = visibility::world_with(|b| {
+        b.mode(EngineMode::PlatformBreaker {
+            fallback: "small".into(),
+        })
+    });
+    w.script.fail(
+        "big",
+        OutcomeClass::Overloaded,
+        Some(Duration::from_secs(60)),
+    );
+    // Session-less traffic: three calls served by the fallback, one transition record, cited
+    // by every call served on it.
+    let mut cited = Vec::new();
+    for _ in 0..3 {
+        let r = block_on(w.engine.call(Call::new("acme", "summarization", payload())));
+        let c = r.completed().unwrap();
+        assert_eq!(c.served_by.endpoint.as_str(), "small");
+        cited.push(c.audit.clone());
+    }
+    assert_eq!(kinds(&w), ["tier_change"]);
+    assert_eq!(cited[0].len(), 1);
+    assert!(cited.iter().all(|a| *a == cited[0]), "{cited:?}");
+    // A session: one tier change on its first fallback call, none on the next.
+    for _ in 0..2 {
+        let r = block_on(
+            w.engine
+                .call(Call::new("acme", "summarization", payload()).session("s-1")),
+        );
+        assert_eq!(r.completed().unwrap().served_by.endpoint.as_str(), "small");
+    }
+    assert_eq!(kinds(&w), ["tier_change", "tier_change"]);
+    // Capacity returns: each moves back up once.
+    w.clock.advance(Duration::from_secs(120));
+    w.script.heal("big");
+    for _ in 0..2 {
+        block_on(w.engine.call(Call::new("acme", "summarization", payload())));
+        block_on(
+            w.engine
+                .call(Call::new("acme", "summarization", payload()).session("s-1")),
+        );
+    }
+    assert_eq!(
+        kinds(&w),
+        ["tier_change", "tier_change", "promotion", "promotion"]
+    );
+    verify(&w.audit.records()).unwrap();
+}
+
+fn oversized(input_tokens: u32) -> Call<serde_json::Value> {
+    Call::new("acme", "summarization", payload()).requirements(downshift::Requirements {
+        input_tokens,
+        output_tokens: 500,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn platform_breaker_never_sends_a_request_the_fallback_window_cannot_hold() {
+    let w = visibility::world_with(|b| {
+        b.mode(EngineMode::PlatformBreaker {
+            fallback: "small".into(),
+        })
+    });
+    w.script.fail(
+        "big",
+        OutcomeClass::Overloaded,
+        Some(Duration::from_secs(60)),
+    );
+    // 100,000 input tokens fit `big` (200,000) but not `small` (32,000), and the policy does
+    // not allow fitting: the primary is tried, the fallback never called.
+    let r = block_on(w.engine.call(oversized(100_000)));
+    let CallResult::Rejected(rej) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(rej.kind, RejectKind::Context, "{}", rej.message);
+    assert!(rej.message.contains("not sent"), "{}", rej.message);
+    assert_eq!(w.script.calls(), ["big"]);
+    // A request that fits goes to the fallback as before.
+    let r = block_on(w.engine.call(oversized(10_000)));
+    assert_eq!(r.completed().unwrap().served_by.endpoint.as_str(), "small");
+}
+
+#[test]
+fn observe_only_never_sends_a_request_the_primary_window_cannot_hold() {
+    let w = world();
+    block_on(w.engine.set_mode(EngineMode::ObserveOnly)).unwrap();
+    let r = block_on(w.engine.call(oversized(250_000)));
+    let CallResult::Rejected(rej) = &r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(rej.kind, RejectKind::Context, "{}", rej.message);
+    assert!(w.script.calls().is_empty(), "nothing was sent");
+    let r = block_on(w.engine.call(oversized(100_000)));
+    assert_eq!(r.completed().unwrap().served_by.endpoint.as_str(), "big");
+}

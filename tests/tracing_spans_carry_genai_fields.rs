@@ -265,3 +265,103 @@ fn observe_only_spans_report_the_would_be_decision() {
     assert!(would.starts_with("route tier 1 `small`"), "{would}");
     no_secret_anywhere(&c);
 }
+
+fn drain(events: downshift::engine::EventStream<serde_json::Value>) -> Vec<String> {
+    use futures::StreamExt;
+    block_on(
+        events
+            .map(|e| match e {
+                downshift::engine::StreamEvent::Chunk(_) => "chunk".to_string(),
+                downshift::engine::StreamEvent::Switched { .. } => "switched".to_string(),
+                downshift::engine::StreamEvent::End(e) => format!("end {}", e.outcome_name()),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_degraded_stream_span_carries_the_same_fields_as_a_call_and_a_tier_change_event() {
+    let w = world();
+    w.script.fail(
+        "big",
+        OutcomeClass::RateLimited,
+        Some(Duration::from_secs(60)),
+    );
+    let (events, c) = capture(|| {
+        drain(
+            w.engine
+                .call_stream(Call::new("acme", "summarization", payload()).session("s-42")),
+        )
+    });
+    assert_eq!(events, ["chunk", "chunk", "end completed"]);
+    let spans = c.spans.lock().clone();
+    let calls: Vec<(&u64, &SpanRec)> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "downshift.call")
+        .collect();
+    assert_eq!(calls.len(), 1, "one span per streamed call");
+    let (&id, span) = calls[0];
+    let f = &span.fields;
+    let expect = [
+        ("downshift.tenant", "acme"),
+        ("downshift.session", "s-42"),
+        ("gen_ai.conversation.id", "s-42"),
+        ("downshift.task", "summarization"),
+        ("downshift.mode", "per_tenant"),
+        ("downshift.tier", "1"),
+        ("downshift.tier_name", "fallback"),
+        ("downshift.endpoint", "small"),
+        ("downshift.degraded", "true"),
+        ("downshift.attempts", "2"),
+        ("downshift.reason", "fallback"),
+        ("downshift.outcome", "completed"),
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "frontier-1"),
+        ("gen_ai.response.model", "small-8b"),
+        ("gen_ai.provider.name", "selfhost"),
+        ("gen_ai.usage.input_tokens", "1000"),
+        ("gen_ai.usage.output_tokens", "200"),
+        ("otel.name", "chat frontier-1"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(f.get(k).map(String::as_str), Some(v), "field {k} in {f:#?}");
+    }
+    let events = c.events.lock().clone();
+    let changes: Vec<&EventRec> = events
+        .iter()
+        .filter(|e| e.fields.get("downshift.event").map(String::as_str) == Some("tier_change"))
+        .collect();
+    assert_eq!(changes.len(), 1, "{events:#?}");
+    assert_eq!(
+        changes[0].parent,
+        Some(id),
+        "the event is inside the stream's span"
+    );
+    assert_eq!(changes[0].fields["downshift.to_tier"], "1");
+    no_secret_anywhere(&c);
+}
+
+#[test]
+fn a_stream_cut_mid_answer_is_recorded_with_its_class_without_the_output() {
+    let w = world();
+    w.script.cut("big", true);
+    let (events, c) = capture(|| {
+        drain(
+            w.engine
+                .call_stream(Call::new("acme", "summarization", payload())),
+        )
+    });
+    assert_eq!(events, ["chunk", "end interrupted"]);
+    let spans = c.spans.lock().clone();
+    let span = spans
+        .values()
+        .find(|s| s.name == "downshift.call")
+        .expect("the stream has a span");
+    let f = &span.fields;
+    assert_eq!(f["downshift.outcome"], "interrupted");
+    assert_eq!(f["error.type"], "server_error");
+    assert_eq!(f["downshift.endpoint"], "big");
+    assert_eq!(f["downshift.degraded"], "false");
+    assert_eq!(f["downshift.attempts"], "1");
+    no_secret_anywhere(&c);
+}

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Call, CallResult, Completed, Engine, OutputFlags, RejectKind, Rejection, ServedBy};
+use super::{Call, CallResult, Engine, RejectKind, Rejection};
 use crate::audit::{AuditEvent, AuditEventKind};
+use crate::catalog::CapabilityGap;
 use crate::error::{EngineError, Error};
 use crate::id::EndpointId;
 use crate::policy::ResolvedPolicy;
@@ -154,6 +155,55 @@ where
             .or_else(|| view.sla.default_deadline.map(|d| start.saturating_add(d)))
     }
 
+    /// The gates a mode's call passes before sending: the session's state (so a served tier is
+    /// compared with the one the session is on, and only a change is audited).
+    async fn mode_preflight(
+        &self,
+        call: &Call<P>,
+        start: crate::clock::Timestamp,
+    ) -> Result<super::Preflight, Box<CallResult<O>>> {
+        let session = match &call.session {
+            Some(s) => match self.session_state(s).await {
+                Ok(st) => Some(st),
+                Err(e) => return Err(Box::new(CallResult::Rejected(super::durability(e)))),
+            },
+            None => None,
+        };
+        Ok(super::Preflight {
+            start,
+            session,
+            workflow_deadline: None,
+            approved_to: None,
+            approved_ticket: None,
+        })
+    }
+
+    /// The context one attempt of a mode's call sends, fitted to the endpoint's window exactly
+    /// as under the tenant's policy; the call ends unsent when it cannot fit.
+    #[allow(clippy::too_many_arguments)]
+    async fn mode_context(
+        &self,
+        call: &Call<P>,
+        set: &Arc<crate::policy::PolicySet>,
+        view: &Arc<ResolvedPolicy>,
+        route: &Route,
+        deadline: Option<crate::clock::Timestamp>,
+        now: crate::clock::Timestamp,
+        pre: &super::Preflight,
+        audit_seqs: &mut Vec<u64>,
+    ) -> Result<Option<Arc<crate::checkpoint::AgentState>>, CallResult<O>> {
+        let routed = super::Routed {
+            route: *route,
+            view: Arc::clone(view),
+            set: Arc::clone(set),
+            deadline,
+            now,
+        };
+        self.context_for(call, &routed, pre, audit_seqs)
+            .await
+            .map(|c| c.map(|c| c.state))
+    }
+
     /// `observe_only`: the primary serves; the policy's decision is only reported.
     pub(crate) async fn call_observe_only(&self, call: &Call<P>) -> CallResult<O> {
         let inner = &*self.inner;
@@ -186,8 +236,36 @@ where
             .stats
             .would_be(&call.tenant, &would, catalog, now);
         super::visibility::record_would_be(&would, catalog);
+        // Never a request the primary cannot take: fitted to its window when the policy
+        // allows it, otherwise not sent.
+        let mut route = route;
+        match fits(&view, catalog, &route, call) {
+            Ok(fit) => route.fit_context = fit,
+            Err(end) => return *end,
+        }
+        let pre = match self.mode_preflight(call, now).await {
+            Ok(p) => p,
+            Err(end) => return *end,
+        };
+        let mut audit_seqs = Vec::new();
+        let context = match self
+            .mode_context(
+                call,
+                &set,
+                &view,
+                &route,
+                deadline,
+                now,
+                &pre,
+                &mut audit_seqs,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(end) => return end,
+        };
         match self
-            .attempt(call, &view, catalog, &route, deadline, &[], now, None)
+            .attempt(call, &view, catalog, &route, deadline, &[], now, context)
             .await
         {
             Ok(response) => {
@@ -197,9 +275,9 @@ where
                     catalog,
                     &route,
                     response,
-                    None,
+                    Some(&pre),
                     &[],
-                    &mut Vec::new(),
+                    &mut audit_seqs,
                 )
                 .await
             }
@@ -217,7 +295,10 @@ where
         }
     }
 
-    /// `platform_breaker`: the primary, or the platform's one fallback.
+    /// `platform_breaker`: the primary, or the platform's one fallback. A fallback served is
+    /// settled like a per-tenant tier change: audited once per transition (a session's tier,
+    /// or the tenant's session-less traffic), not once per call; every request is fitted to the
+    /// endpoint's window as the policy allows, or not sent.
     pub(crate) async fn call_platform_breaker(
         &self,
         call: &Call<P>,
@@ -225,21 +306,51 @@ where
     ) -> CallResult<O> {
         let inner = &*self.inner;
         let now = inner.clock.now();
-        let (set, view, primary) = match self.primary(call) {
+        let (set, view, mut primary) = match self.primary(call) {
             Ok(x) => x,
             Err(end) => return *end,
         };
         let catalog = set.catalog();
         let deadline = Self::deadline_of(call, &view, now);
+        let pre = match self.mode_preflight(call, now).await {
+            Ok(p) => p,
+            Err(end) => return *end,
+        };
+        let mut audit_seqs = Vec::new();
         let mut attempts = Vec::new();
-        let usable = inner
+        let check = inner
             .evaluator
-            .check(primary.endpoint, &view.tenant_triggers, now)
-            .is_ok_and(|v| v.is_usable());
+            .check(primary.endpoint, &view.tenant_triggers, now);
+        // A primary that cannot take the request (and may not fit it) is skipped like an
+        // unusable one.
+        let capable = match fits::<P, O>(&view, catalog, &primary, call) {
+            Ok(fit) => {
+                primary.fit_context = fit;
+                true
+            }
+            Err(_) => false,
+        };
+        let usable = capable && check.as_ref().is_ok_and(|v| v.is_usable());
         let mut trigger = None;
         if usable {
+            let context = match self
+                .mode_context(
+                    call,
+                    &set,
+                    &view,
+                    &primary,
+                    deadline,
+                    now,
+                    &pre,
+                    &mut audit_seqs,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(end) => return end,
+            };
             match self
-                .attempt(call, &view, catalog, &primary, deadline, &[], now, None)
+                .attempt(call, &view, catalog, &primary, deadline, &[], now, context)
                 .await
             {
                 Ok(response) => {
@@ -250,9 +361,9 @@ where
                             catalog,
                             &primary,
                             response,
-                            None,
+                            Some(&pre),
                             &[],
-                            &mut Vec::new(),
+                            &mut audit_seqs,
                         )
                         .await;
                 }
@@ -264,18 +375,15 @@ where
                     outcome: e.class(),
                 }),
             }
-        } else if let Ok(v) = inner
-            .evaluator
-            .check(primary.endpoint, &view.tenant_triggers, now)
-        {
+        } else if let Ok(v) = &check {
             trigger = v.trigger().copied();
         }
         let permitted = catalog.index_of(fallback.as_str()).and_then(|idx| {
             view.usable_tiers()
                 .find(|t| t.endpoint_idx.contains(&idx))
-                .map(|t| (t.index, t.name.clone(), idx))
+                .map(|t| (t.index, idx))
         });
-        let Some((tier, tier_name, idx)) = permitted else {
+        let Some((tier, idx)) = permitted else {
             return CallResult::Rejected(Rejection {
                 kind: RejectKind::Policy,
                 reason: Some(Reason::new(ReasonKind::NothingUsable, TriggerList::EMPTY)),
@@ -289,46 +397,55 @@ where
         if let Some(t) = trigger {
             triggers.push(t);
         }
-        let route = Route {
+        let mut route = Route {
             endpoint: idx,
             tier,
             degraded: tier != primary.tier,
             probe: None,
             notice: false,
-            switched: false,
+            switched: tier != primary.tier,
             fit_context: false,
             reason: Reason::new(ReasonKind::Fallback, triggers),
         };
+        match fits(&view, catalog, &route, call) {
+            Ok(fit) => route.fit_context = fit,
+            Err(end) => return *end,
+        }
         let now = inner.clock.now();
+        let context = match self
+            .mode_context(
+                call,
+                &set,
+                &view,
+                &route,
+                deadline,
+                now,
+                &pre,
+                &mut audit_seqs,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(end) => return end,
+        };
         match self
-            .attempt(call, &view, catalog, &route, deadline, &attempts, now, None)
+            .attempt(
+                call, &view, catalog, &route, deadline, &attempts, now, context,
+            )
             .await
         {
             Ok(response) => {
-                super::visibility::record_route(&route);
-                let flags = OutputFlags {
-                    degraded: route.degraded,
-                    top_tier: primary.tier,
-                    served_tier: tier,
-                    probe: false,
-                    fitted_context: false,
-                    replay: view.recovery.replay,
-                    needs_review: route.degraded
-                        && view.recovery.replay != crate::policy::Replay::None,
-                };
-                CallResult::Completed(Box::new(Completed {
+                self.complete(
+                    call,
+                    &view,
+                    catalog,
+                    &route,
                     response,
-                    served_by: ServedBy {
-                        tier,
-                        tier_name,
-                        endpoint: fallback.clone(),
-                    },
-                    degraded: route.degraded,
-                    flags,
-                    attempts: u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX),
-                    policy_digest: view.digest.clone(),
-                    audit: Vec::new(),
-                }))
+                    Some(&pre),
+                    &attempts,
+                    &mut audit_seqs,
+                )
+                .await
             }
             Err(e) => CallResult::Rejected(Rejection {
                 kind: RejectKind::Provider { class: e.class() },
@@ -336,5 +453,37 @@ where
                 message: format!("the platform fallback `{fallback}` failed too ({e})"),
             }),
         }
+    }
+}
+
+/// Whether the routed endpoint can take the call's request: `Ok(true)` when only by fitting
+/// the context to its smaller window (which the policy allows), `Ok(false)` when as is; the
+/// rejection that ends the call unsent otherwise.
+fn fits<P, O>(
+    view: &ResolvedPolicy,
+    catalog: &crate::catalog::Catalog,
+    route: &Route,
+    call: &Call<P>,
+) -> Result<bool, Box<CallResult<O>>> {
+    let Some(ep) = catalog.try_endpoint(route.endpoint) else {
+        return Ok(false);
+    };
+    match ep.capabilities.gap(&call.requirements) {
+        None => Ok(false),
+        Some(CapabilityGap::ContextWindow { .. }) if view.continuity.fit_to_smaller_window => {
+            Ok(true)
+        }
+        Some(gap) => Err(Box::new(CallResult::Rejected(Rejection {
+            kind: if matches!(gap, CapabilityGap::ContextWindow { .. }) {
+                RejectKind::Context
+            } else {
+                RejectKind::Policy
+            },
+            reason: Some(Reason::new(ReasonKind::Incapable, TriggerList::EMPTY)),
+            message: format!(
+                "not sent: `{}` cannot take this request ({gap}) and the policy does not allow fitting it",
+                ep.id
+            ),
+        }))),
     }
 }

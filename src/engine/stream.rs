@@ -257,6 +257,10 @@ where
     /// for the abandoned attempt.
     pub fn call_stream(&self, mut call: Call<P>) -> EventStream<O> {
         self.prepare_call(&mut call);
+        // Streams route by the tenant's policy whatever the mode; the span says which mode
+        // the engine was in.
+        #[cfg(feature = "tracing")]
+        let span = super::visibility::call_span(&call, self.inner.visibility.mode.load().name());
         let driver = Driver {
             engine: self.clone(),
             call,
@@ -273,9 +277,18 @@ where
             switch: None,
             queued: None,
             phase: Phase::Start,
+            #[cfg(feature = "tracing")]
+            span,
         };
         futures::stream::unfold(Some(driver), |state| async move {
             let mut driver = state?;
+            #[cfg(feature = "tracing")]
+            let event = {
+                use tracing::Instrument;
+                let span = driver.span.clone();
+                driver.step().instrument(span).await
+            };
+            #[cfg(not(feature = "tracing"))]
             let event = driver.step().await;
             let next = (!matches!(event, StreamEvent::End(_))).then_some(driver);
             Some((event, next))
@@ -340,6 +353,9 @@ struct Driver<P, O> {
     switch: Option<PendingSwitch>,
     queued: Option<Chunk<O>>,
     phase: Phase<O>,
+    /// The call's `downshift.call` span, entered at every step.
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl<P, O> Driver<P, O>
@@ -669,10 +685,10 @@ where
         }))
     }
 
-    /// The last event.
+    /// The last event, counted in the stats and recorded on the span like a call's end.
     fn end(&mut self, outcome: StreamOutcome) -> StreamEvent<O> {
         let completed = matches!(outcome, StreamOutcome::Completed(_));
-        StreamEvent::End(Box::new(StreamEnd {
+        let end = StreamEnd {
             outcome,
             text: std::mem::take(&mut self.text),
             partial: !completed && !self.segments.is_empty(),
@@ -680,7 +696,12 @@ where
             segments: std::mem::take(&mut self.segments),
             usage: self.usage,
             attempts: self.tries,
-        }))
+        };
+        let now = self.engine.inner.clock.now();
+        self.engine.record_stream(&self.call, &end, self.start, now);
+        #[cfg(feature = "tracing")]
+        super::visibility::record_stream_result(&self.span, &end);
+        StreamEvent::End(Box::new(end))
     }
 }
 

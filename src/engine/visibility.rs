@@ -52,6 +52,45 @@ impl Visibility {
     }
 }
 
+/// How a call or a stream ended, as the stats and metrics count it.
+struct Ended<'a> {
+    /// The metrics `result` label.
+    outcome: &'static str,
+    ending: Ending,
+    /// The rejection's reason.
+    reason: Option<ReasonKind>,
+    /// Whether a model was called (its latency is counted).
+    reached_model: bool,
+    audit_seq: Option<u64>,
+    /// The serving endpoint and the tokens, for a served call.
+    served: Option<(&'a str, TokenUsage)>,
+}
+
+impl Ended<'_> {
+    /// Ended at a gate (suspension, approval) before any model was called.
+    fn gate(outcome: &'static str, ending: Ending) -> Self {
+        Ended {
+            outcome,
+            ending,
+            reason: None,
+            reached_model: false,
+            audit_seq: None,
+            served: None,
+        }
+    }
+
+    fn rejected(r: &super::Rejection) -> Self {
+        Ended {
+            outcome: "rejected",
+            ending: Ending::Rejected,
+            reason: r.reason.map(|r| r.kind),
+            reached_model: matches!(r.kind, super::RejectKind::Provider { .. }),
+            audit_seq: None,
+            served: None,
+        }
+    }
+}
+
 /// What the same tokens cost at the tenant's primary tier (its top tier's first endpoint).
 pub(crate) fn primary_cost(view: &ResolvedPolicy, catalog: &Catalog, usage: TokenUsage) -> f64 {
     view.top_tier()
@@ -185,6 +224,69 @@ where
         start: Timestamp,
         end: Timestamp,
     ) {
+        let ended = match result {
+            CallResult::Completed(c) => Ended {
+                outcome: "completed",
+                ending: Ending::Served {
+                    degraded: c.degraded,
+                    tier: c.served_by.tier,
+                },
+                reason: None,
+                reached_model: true,
+                audit_seq: c.audit.first().copied(),
+                served: Some((c.served_by.endpoint.as_str(), c.response.usage)),
+            },
+            CallResult::Suspended { .. } => Ended::gate("suspended", Ending::Suspended),
+            CallResult::AwaitingApproval { .. } => {
+                Ended::gate("awaiting_approval", Ending::AwaitingApproval)
+            }
+            CallResult::Rejected(r) => Ended::rejected(r),
+        };
+        self.record_ended(call, &ended, start, end);
+    }
+
+    /// Counts a streamed call when its stream ends, exactly as [`Engine::call`] counts a call:
+    /// a completed stream as served (latency to the end of the stream, the tokens the stream
+    /// reported), a stream cut mid-answer and not continued as a failed call (its attempt's
+    /// class, e.g. `server_error` for a cut, is counted with the attempt).
+    pub(crate) fn record_stream(
+        &self,
+        call: &Call<P>,
+        end: &super::StreamEnd,
+        start: Timestamp,
+        now: Timestamp,
+    ) {
+        use super::StreamOutcome as S;
+        let ended = match &end.outcome {
+            S::Completed(c) => Ended {
+                outcome: "completed",
+                ending: Ending::Served {
+                    degraded: c.degraded,
+                    tier: c.served_by.tier,
+                },
+                reason: None,
+                reached_model: true,
+                audit_seq: c.audit.first().copied(),
+                served: Some((c.served_by.endpoint.as_str(), end.usage)),
+            },
+            S::Interrupted(_) => Ended {
+                outcome: "interrupted",
+                ending: Ending::Rejected,
+                reason: None,
+                reached_model: true,
+                audit_seq: None,
+                served: None,
+            },
+            S::Suspended { .. } => Ended::gate("suspended", Ending::Suspended),
+            S::AwaitingApproval { .. } => {
+                Ended::gate("awaiting_approval", Ending::AwaitingApproval)
+            }
+            S::Rejected(r) => Ended::rejected(r),
+        };
+        self.record_ended(call, &ended, start, now);
+    }
+
+    fn record_ended(&self, call: &Call<P>, ended: &Ended<'_>, start: Timestamp, end: Timestamp) {
         let inner = &*self.inner;
         let stats = &inner.visibility.stats;
         #[cfg(feature = "metrics")]
@@ -192,67 +294,42 @@ where
             crate::telemetry::emit_result(
                 &inner.visibility.labels.load(),
                 &call.tenant,
-                result.outcome(),
+                ended.outcome,
             );
         }
         if !stats.enabled() {
             return;
         }
-        let reason = match result {
-            CallResult::Rejected(r) => r.reason.map(|r| r.kind),
-            _ => None,
-        };
-        if reason == Some(ReasonKind::UnknownTenant) {
+        if ended.reason == Some(ReasonKind::UnknownTenant) {
             stats.unknown_tenant();
             return;
         }
-        let (ending, audit_seq, mut cost, mut primary) = match result {
-            CallResult::Completed(c) => (
-                Ending::Served {
-                    degraded: c.degraded,
-                    tier: c.served_by.tier,
-                },
-                c.audit.first().copied(),
-                0.0,
-                0.0,
-            ),
-            CallResult::Suspended { .. } => (Ending::Suspended, None, 0.0, 0.0),
-            CallResult::AwaitingApproval { .. } => (Ending::AwaitingApproval, None, 0.0, 0.0),
-            CallResult::Rejected(_) => (Ending::Rejected, None, 0.0, 0.0),
-        };
-        if let CallResult::Completed(c) = result {
-            if c.degraded {
-                // Only degraded calls are priced here (for their degradation episode).
-                let set = inner.policies.load();
-                let catalog = set.catalog();
-                let usage = c.response.usage;
-                if let Some(e) = catalog
-                    .index_of(c.served_by.endpoint.as_str())
-                    .and_then(|i| catalog.try_endpoint(i))
-                {
-                    cost = e.pricing.cost(usage.input_tokens, usage.output_tokens);
-                }
-                if let Ok(view) = set.view(call.tenant.as_str(), call.task.as_str()) {
-                    primary = primary_cost(view, catalog, usage);
-                }
+        let (mut cost, mut primary) = (0.0, 0.0);
+        if let (Ending::Served { degraded: true, .. }, Some((endpoint, usage))) =
+            (ended.ending, ended.served)
+        {
+            // Only degraded calls are priced here (for their degradation episode).
+            let set = inner.policies.load();
+            let catalog = set.catalog();
+            if let Some(e) = catalog
+                .index_of(endpoint)
+                .and_then(|i| catalog.try_endpoint(i))
+            {
+                cost = e.pricing.cost(usage.input_tokens, usage.output_tokens);
+            }
+            if let Ok(view) = set.view(call.tenant.as_str(), call.task.as_str()) {
+                primary = primary_cost(view, catalog, usage);
             }
         }
-        let reached_model = !matches!(
-            result,
-            CallResult::Rejected(r) if !matches!(r.kind, super::RejectKind::Provider { .. })
-        ) && !matches!(
-            result,
-            CallResult::Suspended { .. } | CallResult::AwaitingApproval { .. }
-        );
         stats.call(
             &call.tenant,
             &CallRecord {
                 session: call.session.as_ref(),
-                ending,
-                latency_ms: reached_model.then(|| ms(end.duration_since(start))),
+                ending: ended.ending,
+                latency_ms: ended.reached_model.then(|| ms(end.duration_since(start))),
                 deadline_missed: call.deadline.is_some_and(|d| end > d)
-                    || reason == Some(ReasonKind::DeadlineUnreachable),
-                audit_seq,
+                    || ended.reason == Some(ReasonKind::DeadlineUnreachable),
+                audit_seq: ended.audit_seq,
                 cost,
                 primary_cost: primary,
                 now: end,
@@ -389,14 +466,17 @@ pub(crate) fn tier_event(
 }
 
 #[cfg(feature = "tracing")]
+pub(crate) use tracing_span::{call_span, record_stream_result};
+
+#[cfg(feature = "tracing")]
 mod tracing_span {
-    use super::super::{Call, CallResult};
+    use super::super::{Call, CallResult, StreamEnd};
     use tracing::field::Empty;
 
     /// The span of one call. Field names follow the OpenTelemetry GenAI semantic conventions
     /// where one applies (`gen_ai.*`, `error.type`); the rest are `downshift.*`. Never the
     /// payload, the prompt or the output.
-    pub(super) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
+    pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
         let span = tracing::info_span!(
             target: "downshift",
             "downshift.call",
@@ -434,6 +514,48 @@ mod tracing_span {
             }
         }
         span
+    }
+
+    /// Records how a streamed call ended, with the fields a unary call's span gets (and
+    /// `error.type` set to the failure's class for a stream cut mid-answer).
+    pub(crate) fn record_stream_result(span: &tracing::Span, end: &StreamEnd) {
+        use super::super::StreamOutcome as S;
+        if span.is_disabled() {
+            return;
+        }
+        span.record("downshift.outcome", end.outcome_name());
+        span.record("downshift.attempts", end.attempts);
+        span.record("gen_ai.usage.input_tokens", end.usage.input_tokens);
+        span.record("gen_ai.usage.output_tokens", end.usage.output_tokens);
+        let served = match &end.outcome {
+            S::Completed(c) => Some((&c.served_by, c.degraded)),
+            S::Interrupted(i) => {
+                span.record("error.type", i.error.class().as_str());
+                Some((&i.served_by, i.degraded))
+            }
+            S::Rejected(r) => {
+                span.record("error.type", super::reject_name(r.kind));
+                if let Some(reason) = &r.reason {
+                    span.record("downshift.reason", reason.kind.as_str());
+                }
+                None
+            }
+            S::Suspended { .. } => {
+                span.record("downshift.reason", "suspended");
+                None
+            }
+            S::AwaitingApproval { proposed_tier, .. } => {
+                span.record("downshift.reason", "approval_required");
+                span.record("downshift.tier", *proposed_tier);
+                None
+            }
+        };
+        if let Some((by, degraded)) = served {
+            span.record("downshift.tier", by.tier);
+            span.record("downshift.tier_name", by.tier_name.as_str());
+            span.record("downshift.endpoint", by.endpoint.as_str());
+            span.record("downshift.degraded", degraded);
+        }
     }
 
     /// Records how the call ended.

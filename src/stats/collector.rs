@@ -2,17 +2,17 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use parking_lot::{Mutex, RwLock};
 
 use super::histogram::Histogram;
 use super::{
-    DegradationEvent, EndpointStats, Outcomes, RouteStats, StatsSnapshot, TenantStats, WouldBe,
-    WouldBeDecision,
+    DegradationEvent, EndpointStats, Outcomes, RouteStats, Routes, StatsSnapshot, TenantStats,
+    WouldBe, WouldBeDecision,
 };
 use crate::catalog::{Catalog, EndpointIdx};
 use crate::clock::Timestamp;
@@ -92,22 +92,69 @@ pub(crate) struct CallRecord<'a> {
     pub now: Timestamp,
 }
 
+/// `repr(C)`: the key and the counters a snapshot reads sit together, ahead of the histogram.
 #[derive(Debug)]
+#[repr(C)]
 struct RouteCell {
-    tier: u32,
-    tier_name: Arc<str>,
-    endpoint: EndpointIdx,
-    attempts: AtomicU64,
+    /// `tier << 32 | endpoint`; [`UNSET`] while a tenant's inline cell is unclaimed.
+    key: AtomicU64,
+    /// Set right after the key is claimed.
+    tier_name: OnceLock<Arc<str>>,
     degraded: AtomicU64,
-    outcomes: [AtomicU64; CLASSES],
-    latency: Histogram,
     input: AtomicU64,
     output: AtomicU64,
     cost: AtomicU64,
     primary_cost: AtomicU64,
+    outcomes: [AtomicU64; CLASSES],
+    latency: Histogram,
 }
 
+/// The key of an unclaimed inline route cell.
+const UNSET: u64 = u64::MAX;
+
+fn route_key(tier: u32, endpoint: EndpointIdx) -> u64 {
+    (u64::from(tier) << 32) | u64::from(endpoint.0)
+}
+
+impl Default for RouteCell {
+    fn default() -> Self {
+        RouteCell {
+            key: AtomicU64::new(UNSET),
+            tier_name: OnceLock::new(),
+            degraded: AtomicU64::new(0),
+            input: AtomicU64::new(0),
+            output: AtomicU64::new(0),
+            cost: AtomicU64::new(0),
+            primary_cost: AtomicU64::new(0),
+            outcomes: Default::default(),
+            latency: Histogram::default(),
+        }
+    }
+}
+
+impl RouteCell {
+    fn new(tier: u32, tier_name: Arc<str>, endpoint: EndpointIdx) -> Self {
+        let cell = RouteCell::default();
+        cell.key.store(route_key(tier, endpoint), R);
+        let _ = cell.tier_name.set(tier_name);
+        cell
+    }
+
+    fn is(&self, a: &AttemptRecord<'_>) -> bool {
+        self.key.load(R) == route_key(a.tier, a.endpoint)
+    }
+
+    /// The (tier, endpoint), `None` while unclaimed.
+    fn tier_endpoint(&self) -> Option<(u32, EndpointIdx)> {
+        let k = self.key.load(R);
+        (k != UNSET).then_some(((k >> 32) as u32, EndpointIdx(k as u32)))
+    }
+}
+
+/// `repr(C)`: the counters a snapshot reads sit together, ahead of the histogram and the
+/// inline route.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct TenantCell {
     calls: AtomicU64,
     completed: AtomicU64,
@@ -120,70 +167,92 @@ struct TenantCell {
     denied: AtomicU64,
     rejected: AtomicU64,
     deadline_misses: AtomicU64,
-    latency: Histogram,
     /// When the tenant's current degraded stretch began (ms + 1; 0: not degraded).
     degraded_since: AtomicU64,
     degraded_ms: AtomicU64,
-    open_episodes: AtomicU32,
     would_degraded: AtomicU64,
     would_suspended: AtomicU64,
     would_approval: AtomicU64,
     would_rejected: AtomicU64,
-    would_last: Mutex<Option<WouldBeDecision>>,
-    routes: ArcSwap<Vec<Arc<RouteCell>>>,
+    open_episodes: AtomicU32,
+    /// Set once `more` holds a route.
+    has_more: AtomicBool,
+    /// The first (tier, endpoint) the tenant used, inline right after the counters: most
+    /// tenants use one, and a snapshot then reads it without chasing a pointer.
+    first: RouteCell,
+    latency: Histogram,
+    would_last: Mutex<Option<Box<WouldBeDecision>>>,
+    /// The other routes, in the order first seen.
+    more: ArcSwap<Vec<Arc<RouteCell>>>,
+}
+
+/// A route cell found or made for an attempt.
+enum RouteRef<'a> {
+    Inline(&'a RouteCell),
+    Shared(Arc<RouteCell>),
 }
 
 impl TenantCell {
-    fn route(&self, a: &AttemptRecord<'_>) -> Arc<RouteCell> {
-        let find = |v: &Vec<Arc<RouteCell>>| {
-            v.iter()
-                .find(|r| r.tier == a.tier && r.endpoint == a.endpoint)
-                .cloned()
-        };
-        if let Some(r) = find(&self.routes.load()) {
-            return r;
+    fn route<'a>(&'a self, a: &AttemptRecord<'_>, names: &Interner) -> RouteRef<'a> {
+        let first = &self.first;
+        let key = route_key(a.tier, a.endpoint);
+        match first.key.compare_exchange(UNSET, key, R, R) {
+            Ok(_) => {
+                let _ = first.tier_name.set(names.intern(a.tier_name));
+                return RouteRef::Inline(first);
+            }
+            Err(k) if k == key => return RouteRef::Inline(first),
+            Err(_) => {}
+        }
+        if self.has_more.load(R) {
+            if let Some(r) = self.more.load().iter().find(|r| r.is(a)) {
+                return RouteRef::Shared(Arc::clone(r));
+            }
         }
         let mut out = None;
-        self.routes.rcu(|v| {
-            if let Some(r) = find(v) {
-                out = Some(r);
+        self.more.rcu(|v| {
+            if let Some(r) = v.iter().find(|r| r.is(a)) {
+                out = Some(Arc::clone(r));
                 return Arc::clone(v);
             }
-            let cell = Arc::new(RouteCell {
-                tier: a.tier,
-                tier_name: Arc::from(a.tier_name),
-                endpoint: a.endpoint,
-                attempts: AtomicU64::new(0),
-                degraded: AtomicU64::new(0),
-                outcomes: Default::default(),
-                latency: Histogram::default(),
-                input: AtomicU64::new(0),
-                output: AtomicU64::new(0),
-                cost: AtomicU64::new(0),
-                primary_cost: AtomicU64::new(0),
-            });
+            let cell = Arc::new(RouteCell::new(
+                a.tier,
+                names.intern(a.tier_name),
+                a.endpoint,
+            ));
             out = Some(Arc::clone(&cell));
             let mut n = Vec::with_capacity(v.len() + 1);
             n.extend(v.iter().cloned());
             n.push(cell);
             Arc::new(n)
         });
+        self.has_more.store(true, R);
         // `rcu` ran the closure at least once, so `out` is set.
-        out.unwrap_or_else(|| {
-            Arc::new(RouteCell {
-                tier: a.tier,
-                tier_name: Arc::from(""),
-                endpoint: a.endpoint,
-                attempts: AtomicU64::new(0),
-                degraded: AtomicU64::new(0),
-                outcomes: Default::default(),
-                latency: Histogram::default(),
-                input: AtomicU64::new(0),
-                output: AtomicU64::new(0),
-                cost: AtomicU64::new(0),
-                primary_cost: AtomicU64::new(0),
-            })
-        })
+        RouteRef::Shared(out.unwrap_or_else(|| {
+            Arc::new(RouteCell::new(
+                a.tier,
+                names.intern(a.tier_name),
+                a.endpoint,
+            ))
+        }))
+    }
+}
+
+/// Tier names, shared: every tenant's route at tier "primary" points at one `Arc<str>`, so a
+/// snapshot's clones of it touch one hot cache line rather than one per tenant.
+#[derive(Debug, Default)]
+struct Interner(Mutex<HashSet<Arc<str>>>);
+
+impl Interner {
+    /// Called only when a tenant first uses a (tier, endpoint).
+    fn intern(&self, name: &str) -> Arc<str> {
+        let mut set = self.0.lock();
+        if let Some(n) = set.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = Arc::from(name);
+        set.insert(Arc::clone(&n));
+        n
     }
 }
 
@@ -242,6 +311,7 @@ pub(crate) struct Collector {
     unknown_tenant: AtomicU64,
     episodes: Box<[Mutex<HashMap<EpisodeKey, Episode>>]>,
     closed: Mutex<VecDeque<DegradationEvent>>,
+    names: Interner,
 }
 
 impl Collector {
@@ -254,6 +324,7 @@ impl Collector {
             unknown_tenant: AtomicU64::new(0),
             episodes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             closed: Mutex::new(VecDeque::new()),
+            names: Interner::default(),
         }
     }
 
@@ -305,19 +376,11 @@ impl Collector {
             return;
         }
         self.with_tenant(tenant, |t| {
-            let routes = t.routes.load();
-            let found = routes
-                .iter()
-                .find(|r| r.tier == a.tier && r.endpoint == a.endpoint);
-            let owned;
-            let r = match found {
-                Some(r) => &**r,
-                None => {
-                    owned = t.route(a);
-                    &*owned
-                }
+            let found = t.route(a, &self.names);
+            let r = match &found {
+                RouteRef::Inline(r) => r,
+                RouteRef::Shared(r) => &**r,
             };
-            r.attempts.fetch_add(1, R);
             if a.degraded {
                 r.degraded.fetch_add(1, R);
             }
@@ -519,7 +582,7 @@ impl Collector {
                 Decision::Reject { .. } => &t.would_rejected,
             }
             .fetch_add(1, R);
-            *t.would_last.lock() = Some(WouldBeDecision {
+            *t.would_last.lock() = Some(Box::new(WouldBeDecision {
                 at: now,
                 decision: name.to_string(),
                 tier,
@@ -527,7 +590,7 @@ impl Collector {
                     .and_then(|e| catalog.try_endpoint(e))
                     .map(|e| e.id.clone()),
                 reason: decision.reason().to_string(),
-            });
+            }));
         });
     }
 
@@ -540,19 +603,41 @@ impl Collector {
         catalog: &Catalog,
         mut endpoints: Vec<EndpointStats>,
     ) -> StatsSnapshot {
+        // Shard by shard: copy the shard's tenant list under its read lock (never held while
+        // the stats are read, so calls and new tenants are never kept waiting), then read those
+        // tenants while their cells are still in cache. Not sorted: comparing 100,000 scattered
+        // tenant ids costs more than the rest of the snapshot (cache misses);
+        // `StatsSnapshot::sort_by_tenant` does it on demand.
+        let total: usize = self.shards.iter().map(|s| s.read().len()).sum();
+        let mut tenants: Vec<TenantStats> = Vec::with_capacity(total);
+        // Every tenant's routes go to one array; each tenant's slice of it is set at the end.
+        let mut routes: Vec<RouteStats> = Vec::with_capacity(total + total / 8);
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(total);
+        let mut per_endpoint = vec![0u64; catalog.len()];
         let mut cells: Vec<(TenantId, Arc<TenantCell>)> = Vec::new();
         for shard in &*self.shards {
-            let s = shard.read();
-            cells.reserve(s.len());
-            cells.extend(s.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+            cells.clear();
+            {
+                let s = shard.read();
+                cells.extend(s.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+            }
+            for (id, t) in cells.drain(..) {
+                let start = routes.len();
+                tenants.push(tenant_stats(
+                    id,
+                    &t,
+                    catalog,
+                    now,
+                    &mut per_endpoint,
+                    &mut routes,
+                ));
+                spans.push((start, routes.len() - start));
+            }
         }
-        // Not sorted: comparing 100,000 scattered tenant ids costs more than the rest of the
-        // snapshot (cache misses); `StatsSnapshot::sort_by_tenant` does it on demand.
-        let mut per_endpoint = vec![0u64; catalog.len()];
-        let tenants = cells
-            .iter()
-            .map(|(id, t)| tenant_stats(id, t, catalog, now, &mut per_endpoint))
-            .collect();
+        let all = Arc::new(routes);
+        for (t, (start, len)) in tenants.iter_mut().zip(spans) {
+            t.routes = Routes::shared(&all, start, len);
+        }
         for (e, n) in endpoints.iter_mut().zip(&per_endpoint) {
             e.attempts = *n;
         }
@@ -579,49 +664,75 @@ impl Collector {
     }
 }
 
+fn route_stats(
+    r: &RouteCell,
+    catalog: &Catalog,
+    per_endpoint: &mut [u64],
+    outcome_sum: &mut [u64; CLASSES],
+) -> RouteStats {
+    let oc = counts(&r.outcomes);
+    for (s, o) in outcome_sum.iter_mut().zip(oc) {
+        *s += o;
+    }
+    let (tier, endpoint) = r.tier_endpoint().unwrap_or((0, EndpointIdx(u32::MAX)));
+    // The attempts are the sum of the outcome counts (one count per attempt): consistent with
+    // them by construction, whatever a concurrent attempt has added so far.
+    let attempts: u64 = oc.iter().sum();
+    if let Some(n) = per_endpoint.get_mut(endpoint.0 as usize) {
+        *n += attempts;
+    }
+    let rc = load_f64(&r.cost);
+    let rp = load_f64(&r.primary_cost);
+    RouteStats {
+        tier,
+        // Set right after the key: an attempt recorded in between is all that can miss it.
+        tier_name: r.tier_name.get().map_or_else(|| Arc::from("?"), Arc::clone),
+        endpoint: catalog
+            .try_endpoint(endpoint)
+            .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
+        attempts,
+        degraded: r.degraded.load(R),
+        outcomes: Outcomes::from_counts(oc),
+        latency: r.latency.percentiles(),
+        input_tokens: r.input.load(R),
+        output_tokens: r.output.load(R),
+        cost_usd: rc,
+        primary_cost_usd: rp,
+        saving_usd: rp - rc,
+    }
+}
+
+/// One tenant's stats; its routes are appended to `routes` (the caller sets
+/// [`TenantStats::routes`]).
 fn tenant_stats(
-    id: &TenantId,
+    id: TenantId,
     t: &TenantCell,
     catalog: &Catalog,
     now: Timestamp,
     per_endpoint: &mut [u64],
+    routes: &mut Vec<RouteStats>,
 ) -> TenantStats {
-    let routes_cells = t.routes.load();
     let mut outcome_sum = [0u64; CLASSES];
-    let mut routes = Vec::with_capacity(routes_cells.len());
+    let first = routes.len();
+    if t.first.tier_endpoint().is_some() {
+        routes.push(route_stats(
+            &t.first,
+            catalog,
+            per_endpoint,
+            &mut outcome_sum,
+        ));
+    }
+    if t.has_more.load(R) {
+        for r in t.more.load().iter() {
+            routes.push(route_stats(r, catalog, per_endpoint, &mut outcome_sum));
+        }
+    }
     let (mut input, mut output, mut cost, mut primary) = (0u64, 0u64, 0.0f64, 0.0f64);
-    for r in routes_cells.iter() {
-        let oc = counts(&r.outcomes);
-        for (s, o) in outcome_sum.iter_mut().zip(oc) {
-            *s += o;
-        }
-        let attempts = r.attempts.load(R);
-        if let Some(n) = per_endpoint.get_mut(r.endpoint.0 as usize) {
-            *n += attempts;
-        }
-        let rc = load_f64(&r.cost);
-        let rp = load_f64(&r.primary_cost);
-        let (ri, ro) = (r.input.load(R), r.output.load(R));
-        input += ri;
-        output += ro;
-        cost += rc;
-        primary += rp;
-        routes.push(RouteStats {
-            tier: r.tier,
-            tier_name: Arc::clone(&r.tier_name),
-            endpoint: catalog
-                .try_endpoint(r.endpoint)
-                .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
-            attempts,
-            degraded: r.degraded.load(R),
-            outcomes: Outcomes::from_counts(oc),
-            latency: r.latency.percentiles(),
-            input_tokens: ri,
-            output_tokens: ro,
-            cost_usd: rc,
-            primary_cost_usd: rp,
-            saving_usd: rp - rc,
-        });
+    for r in routes.get(first..).unwrap_or_default() {
+        input += r.input_tokens;
+        output += r.output_tokens;
+        cost += r.cost_usd;
+        primary += r.primary_cost_usd;
     }
     let since = t.degraded_since.load(R);
     let live = if since > 0 {
@@ -631,8 +742,14 @@ fn tenant_stats(
     };
     let suspensions = t.suspensions.load(R);
     let resumes = t.resumes.load(R);
+    let would = [
+        t.would_degraded.load(R),
+        t.would_suspended.load(R),
+        t.would_approval.load(R),
+        t.would_rejected.load(R),
+    ];
     TenantStats {
-        tenant: id.clone(),
+        tenant: id,
         calls: t.calls.load(R),
         completed: t.completed.load(R),
         degraded: t.degraded.load(R),
@@ -654,12 +771,189 @@ fn tenant_stats(
         primary_cost_usd: primary,
         saving_usd: primary - cost,
         would_be: WouldBe {
-            degraded: t.would_degraded.load(R),
-            suspended: t.would_suspended.load(R),
-            awaiting_approval: t.would_approval.load(R),
-            rejected: t.would_rejected.load(R),
-            last: t.would_last.lock().clone(),
+            degraded: would[0],
+            suspended: would[1],
+            awaiting_approval: would[2],
+            rejected: would[3],
+            // The lock only for tenants with a would-be decision (a counter is bumped just
+            // before `last` is set).
+            last: if would.iter().any(|n| *n > 0) {
+                t.would_last.lock().clone()
+            } else {
+                None
+            },
         },
-        routes,
+        routes: Routes::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Endpoint;
+
+    fn catalog() -> Catalog {
+        let ep = |id: &str| -> Endpoint {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "provider": "p", "model": id, "region": "eu-west-1",
+                "capabilities": {"context_window": 1000, "max_output_tokens": 100},
+                "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+            }))
+            .unwrap()
+        };
+        Catalog::new([ep("big"), ep("small")])
+    }
+
+    fn attempt(tier: u32, class: OutcomeClass) -> AttemptRecord<'static> {
+        AttemptRecord {
+            tier,
+            tier_name: if tier == 0 { "primary" } else { "fallback" },
+            endpoint: EndpointIdx(tier),
+            degraded: tier > 0,
+            class,
+            latency_ms: 7,
+            input_tokens: 10,
+            output_tokens: 2,
+            cost: 0.5,
+            primary_cost: 1.0,
+        }
+    }
+
+    /// One call: a failed attempt at the primary every third call, then the answer.
+    fn one_call(c: &Collector, tenant: &TenantId, i: u64) {
+        if i % 3 == 0 {
+            c.attempt(tenant, &attempt(0, OutcomeClass::RateLimited));
+        }
+        let tier = u32::from(i % 3 == 0);
+        c.attempt(tenant, &attempt(tier, OutcomeClass::Ok));
+        c.call(
+            tenant,
+            &CallRecord {
+                session: None,
+                ending: Ending::Served {
+                    degraded: tier > 0,
+                    tier,
+                },
+                latency_ms: Some(7),
+                deadline_missed: false,
+                audit_seq: None,
+                cost: 0.0,
+                primary_cost: 0.0,
+                now: Timestamp::from_millis(1_000 + i),
+            },
+        );
+    }
+
+    fn check_parts(s: &StatsSnapshot) {
+        let mut per_endpoint = [0u64; 2];
+        for t in &s.tenants {
+            let routes: u64 = t.routes.iter().map(|r| r.attempts).sum();
+            assert_eq!(t.outcomes.total(), routes, "{}", t.tenant);
+            let input: u64 = t.routes.iter().map(|r| r.input_tokens).sum();
+            assert_eq!(t.input_tokens, input);
+            let cost: f64 = t.routes.iter().map(|r| r.cost_usd).sum();
+            assert_eq!(t.cost_usd, cost);
+            for r in t.routes.iter() {
+                assert_eq!(r.outcomes.total(), r.attempts);
+                per_endpoint[usize::from(r.endpoint.as_str() == "small")] += r.attempts;
+            }
+        }
+        assert_eq!(s.endpoints[0].attempts, per_endpoint[0]);
+        assert_eq!(s.endpoints[1].attempts, per_endpoint[1]);
+    }
+
+    fn endpoint_stats(c: &Catalog) -> Vec<EndpointStats> {
+        c.endpoints()
+            .iter()
+            .map(|e| EndpointStats {
+                endpoint: e.id.clone(),
+                state: "closed".into(),
+                breaker_transitions: 0,
+                attempts: 0,
+                window_failures: 0,
+                failure_rate: None,
+                p95_ms: None,
+                queue_depth: None,
+                status_page: None,
+                requests_remaining: None,
+                tokens_remaining: None,
+                not_before: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshots_taken_while_calls_run_have_totals_equal_to_the_sum_of_their_parts() {
+        const TENANTS: u64 = 200;
+        const CALLS: u64 = 30;
+        let c = Collector::new(Timestamp::from_millis(0), true);
+        let cat = catalog();
+        let ids: Vec<TenantId> = (0..TENANTS)
+            .map(|i| TenantId::new(format!("t{i}")))
+            .collect();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for half in 0..2u64 {
+                let (c, ids) = (&c, &ids);
+                scope.spawn(move || {
+                    for i in 0..CALLS {
+                        for t in ids.iter().skip(half as usize).step_by(2) {
+                            one_call(c, t, i);
+                        }
+                    }
+                });
+            }
+            let (c, cat, done) = (&c, &cat, &done);
+            scope.spawn(move || {
+                let mut last_calls = 0;
+                while !done.load(R) {
+                    let s = c.snapshot(
+                        Timestamp::from_millis(5_000),
+                        EngineMode::PerTenant,
+                        cat,
+                        endpoint_stats(cat),
+                    );
+                    check_parts(&s);
+                    let calls: u64 = s.tenants.iter().map(|t| t.calls).sum();
+                    assert!(calls >= last_calls, "counts never go back");
+                    last_calls = calls;
+                }
+            });
+            // Let the writers finish, then stop the reader.
+            while c
+                .shards
+                .iter()
+                .map(|s| s.read().values().map(|t| t.calls.load(R)).sum::<u64>())
+                .sum::<u64>()
+                < TENANTS * CALLS
+            {
+                std::thread::yield_now();
+            }
+            done.store(true, R);
+        });
+        let s = c.snapshot(
+            Timestamp::from_millis(5_000),
+            EngineMode::PerTenant,
+            &cat,
+            endpoint_stats(&cat),
+        );
+        check_parts(&s);
+        assert_eq!(s.tenants.len() as u64, TENANTS);
+        // Each tenant: 30 calls, 10 of them after a 429 at the primary, served by the fallback.
+        for t in &s.tenants {
+            assert_eq!((t.calls, t.completed, t.degraded), (CALLS, CALLS, 10));
+            assert_eq!(t.outcomes.get("rate_limited"), Some(10));
+            assert_eq!(t.outcomes.get("ok"), Some(CALLS));
+            assert_eq!(t.routes.len(), 2);
+            // The first call's first attempt was at the primary.
+            assert_eq!(&*t.routes[0].tier_name, "primary");
+            assert_eq!(&*t.routes[1].tier_name, "fallback");
+            assert!(Arc::ptr_eq(
+                &t.routes[0].tier_name,
+                &s.tenants[0].routes[0].tier_name
+            ));
+        }
+        assert_eq!(s.endpoints[0].attempts, TENANTS * 30);
+        assert_eq!(s.endpoints[1].attempts, TENANTS * 10);
     }
 }

@@ -237,7 +237,77 @@ pub struct TenantStats {
     /// In `observe_only` mode: what the policy would have done instead of the primary.
     pub would_be: WouldBe,
     /// Per (tier, endpoint), in the order first seen.
-    pub routes: Vec<RouteStats>,
+    pub routes: Routes,
+}
+
+/// A tenant's [`RouteStats`]: a slice (it dereferences to `[RouteStats]`) of one array shared
+/// by every tenant of a snapshot, so a snapshot of 100,000 tenants makes one allocation for
+/// their routes rather than one per tenant. Serialized as a plain JSON array.
+#[derive(Clone, Default)]
+pub struct Routes {
+    all: Option<Arc<Vec<RouteStats>>>,
+    start: usize,
+    len: usize,
+}
+
+impl Routes {
+    /// A tenant's `len` routes starting at `start` in `all` (an empty list when out of range).
+    pub(crate) fn shared(all: &Arc<Vec<RouteStats>>, start: usize, len: usize) -> Self {
+        if all.get(start..start.saturating_add(len)).is_some() {
+            Routes {
+                all: Some(Arc::clone(all)),
+                start,
+                len,
+            }
+        } else {
+            Routes::default()
+        }
+    }
+}
+
+impl std::ops::Deref for Routes {
+    type Target = [RouteStats];
+    fn deref(&self) -> &[RouteStats] {
+        self.all
+            .as_deref()
+            .and_then(|a| a.get(self.start..self.start.saturating_add(self.len)))
+            .unwrap_or_default()
+    }
+}
+
+impl From<Vec<RouteStats>> for Routes {
+    fn from(v: Vec<RouteStats>) -> Self {
+        let len = v.len();
+        Routes {
+            all: Some(Arc::new(v)),
+            start: 0,
+            len,
+        }
+    }
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Routes {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Serialize for Routes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Routes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<RouteStats>::deserialize(d).map(Routes::from)
+    }
 }
 
 /// What one tenant's calls did at one (tier, endpoint).
@@ -281,9 +351,10 @@ pub struct WouldBe {
     pub awaiting_approval: u64,
     /// Calls the policy would have rejected.
     pub rejected: u64,
-    /// The latest decision that differed from "the primary", if any.
+    /// The latest decision that differed from "the primary", if any (boxed: most tenants have
+    /// none, and the snapshot keeps one `TenantStats` per tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last: Option<WouldBeDecision>,
+    pub last: Option<Box<WouldBeDecision>>,
 }
 
 /// One would-be decision.

@@ -9,12 +9,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use downshift::audit::MemoryAuditSink;
 use downshift::engine::{
-    Engine, EngineBuilder, ModelClient, ModelError, ModelRequest, ModelResponse, TokenUsage,
+    Chunk, ChunkStream, Engine, EngineBuilder, FinishReason, ModelClient, ModelError, ModelRequest,
+    ModelResponse, TokenUsage,
 };
 use downshift::policy::{PolicySet, Source};
 use downshift::{ManualClock, OutcomeClass, Timestamp};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 
 /// The prompt text every test call carries: it must never reach a span, an event or the stats.
 pub const SECRET_PROMPT: &str = "PATIENT-7731 has a rare condition: summarise the chart";
@@ -30,6 +34,12 @@ pub const USAGE: TokenUsage = TokenUsage {
 pub struct Script {
     pub failing: Mutex<HashMap<String, (OutcomeClass, Option<Duration>)>>,
     pub calls: Mutex<Vec<String>>,
+    /// Endpoints whose streams send one chunk, then end without a final chunk (a cut).
+    pub cut: Mutex<HashSet<String>>,
+    /// How long every answer takes on the world's clock (advanced as the answer ends: for a
+    /// stream, when its final chunk is sent).
+    pub answer_ms: AtomicU64,
+    pub clock: Mutex<Option<ManualClock>>,
 }
 
 impl Script {
@@ -44,6 +54,23 @@ impl Script {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().clone()
     }
+    pub fn cut(&self, id: &str, on: bool) {
+        if on {
+            self.cut.lock().insert(id.to_string());
+        } else {
+            self.cut.lock().remove(id);
+        }
+    }
+    pub fn answer_takes(&self, d: Duration) {
+        self.answer_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn answer_time_passes(&self) {
+        let ms = self.answer_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.clock.lock().as_ref() {
+            c.advance(Duration::from_millis(ms));
+        }
+    }
 }
 
 pub struct Scripted(pub Arc<Script>);
@@ -57,7 +84,38 @@ impl ModelClient for Scripted {
             e.classification.retry_after = ra;
             return Err(e);
         }
+        self.0.answer_time_passes();
         Ok(ModelResponse::new(json!({"text": "an answer"}), USAGE))
+    }
+
+    async fn call_stream(
+        &self,
+        req: ModelRequest<Value>,
+    ) -> Result<ChunkStream<Value>, ModelError> {
+        self.0.calls.lock().push(req.endpoint.to_string());
+        if let Some((class, ra)) = self.0.failing.lock().get(req.endpoint.as_str()).copied() {
+            let mut e = ModelError::of(class, format!("scripted {class}"));
+            e.classification.retry_after = ra;
+            return Err(e);
+        }
+        if self.0.cut.lock().contains(req.endpoint.as_str()) {
+            return Ok(futures::stream::iter(vec![Ok(Chunk::delta("an "))]).boxed());
+        }
+        let script = Arc::clone(&self.0);
+        let chunks = vec![
+            Chunk::delta("an "),
+            Chunk::delta("answer")
+                .finished(FinishReason::Stop)
+                .with_usage(USAGE),
+        ];
+        Ok(futures::stream::iter(chunks)
+            .map(move |c| {
+                if c.finish.is_some() {
+                    script.answer_time_passes();
+                }
+                Ok(c)
+            })
+            .boxed())
     }
 }
 
@@ -110,6 +168,7 @@ pub fn world_with(
     let set = PolicySet::from_sources(policy_sources()).unwrap();
     let script = Arc::new(Script::default());
     let clock = ManualClock::new(Timestamp::from_millis(T0));
+    *script.clock.lock() = Some(clock.clone());
     let audit = Arc::new(MemoryAuditSink::new());
     let builder = Engine::builder(set, Arc::new(Scripted(Arc::clone(&script))))
         .clock(Arc::new(clock.clone()))
