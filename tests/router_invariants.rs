@@ -1130,16 +1130,21 @@ proptest! {
         let w = w.unwrap();
         apply(&w, &spec, &health);
         let now = T0;
-        for call in &calls {
-            let ids = ids(&w, &spec, call);
-            let c = ctx(&spec, call, &ids, now);
+        for (k, call) in calls.iter().enumerate() {
+            let own = ids(&w, &spec, call);
+            let c = ctx(&spec, call, &own, now);
             let (pre, p95) = snapshot(&w, &c, now);
             let d = w.router.route(&c, now);
             check_decision(&w, &spec, call, &c, &pre, &p95, now, &d)?;
             if let Decision::AwaitApproval { proposed_tier, proposed_endpoint, .. } = d {
-                // Approved, the same switch is made (on a world in the same state).
+                // Approved, the same switch is made (on a world in the same state: the earlier
+                // calls routed again, so the half-open probe permits they took are taken).
                 let w2 = world(&spec).unwrap();
                 apply(&w2, &spec, &health);
+                for earlier in &calls[..k] {
+                    let ids2 = ids(&w2, &spec, earlier);
+                    let _ = w2.router.route(&ctx(&spec, earlier, &ids2, now), now);
+                }
                 let approved = c.approved_to(proposed_tier);
                 match w2.router.route(&approved, now) {
                     Decision::Route(r) => {
