@@ -92,6 +92,10 @@ struct World {
 }
 
 fn world_with(edit: impl FnOnce(&mut Vec<(String, Value)>)) -> World {
+    world_limited(edit, downshift::engine::DEFAULT_DEGRADED_STEP_LIMIT)
+}
+
+fn world_limited(edit: impl FnOnce(&mut Vec<(String, Value)>), limit: usize) -> World {
     let mut files = base();
     set(
         &mut files,
@@ -109,6 +113,7 @@ fn world_with(edit: impl FnOnce(&mut Vec<(String, Value)>)) -> World {
         .clock(Arc::new(clock.clone()))
         .audit(audit.clone())
         .checkpoints(store.clone())
+        .degraded_step_limit(limit)
         .build()
         .unwrap();
     World {
@@ -797,4 +802,44 @@ fn with_the_flag_rule_degraded_steps_stay_flagged_until_reviewed() {
     );
     assert_eq!(w.audit.records().len(), before + 1);
     assert!(block_on(w.engine.replay_degraded(&SessionId::new("unknown"))).is_err());
+}
+
+#[test]
+fn the_degraded_step_record_is_bounded_and_counts_what_it_did_not_keep() {
+    let w = world_limited(
+        |f| set(f, "acme.json", "/recovery/replay", json!("flag")),
+        2,
+    );
+    w.fail(&PRIMARY_AND_STANDBY);
+    for s in ["b-1", "b-2", "b-3"] {
+        let r = block_on(
+            w.engine.call(
+                Call::new("acme", "summarization", json!({}))
+                    .session(s)
+                    .agent_state(step_state(1)),
+            ),
+        );
+        // Every degraded call is still flagged to the caller, kept or not.
+        assert!(matches!(r, CallResult::Completed(ref c) if c.degraded));
+    }
+    let kept = |s: &str| w.engine.degraded_steps(&SessionId::new(s)).len();
+    assert_eq!((kept("b-1"), kept("b-2"), kept("b-3")), (1, 1, 0));
+    assert_eq!(w.engine.degraded_steps_not_kept(), 1);
+    // A review frees a place: the next degraded step is kept again.
+    assert!(
+        block_on(
+            w.engine
+                .review_step(&SessionId::new("b-1"), "step-1", "role:reviewer")
+        )
+        .unwrap()
+    );
+    block_on(
+        w.engine.call(
+            Call::new("acme", "summarization", json!({}))
+                .session("b-4")
+                .agent_state(step_state(1)),
+        ),
+    );
+    assert_eq!(kept("b-4"), 1);
+    assert_eq!(w.engine.degraded_steps_not_kept(), 1);
 }

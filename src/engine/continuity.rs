@@ -542,6 +542,7 @@ where
             let provenance = self.provenance(done);
             self.inner.replay.record(
                 call,
+                r.view.recovery.replay,
                 provenance,
                 r.view.top_tier().unwrap_or(0),
                 context,

@@ -74,7 +74,9 @@ pub use expiry::GivenUp;
 pub use ids::{IdSource, RandomIds, SeededIds};
 pub use mode::EngineMode;
 pub use record::{JsonlRecorder, MemoryRecorder, Recorded, RecordedRateLimit, Recorder};
-pub use replay::{DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep};
+pub use replay::{
+    DEFAULT_DEGRADED_STEP_LIMIT, DegradedStep, ReplayOutcomeKind, ReplayReport, ReplayedStep,
+};
 pub use result::{CallResult, Completed, OutputFlags, RejectKind, Rejection, ServedBy};
 pub use shadow::{SHADOW_EXAMPLES, ShadowDiff, ShadowReport};
 pub use shared::{
@@ -348,6 +350,7 @@ pub struct EngineBuilder<P, O> {
     seed: u64,
     stats: bool,
     metrics: bool,
+    degraded_step_limit: usize,
     mode: EngineMode,
     labels: crate::telemetry::TenantLabels,
     recorder: Option<Arc<dyn Recorder>>,
@@ -480,6 +483,16 @@ where
         self
     }
 
+    /// How many degraded steps the engine keeps for [`Engine::replay_degraded`] and
+    /// [`Engine::review_step`] (default [`DEFAULT_DEGRADED_STEP_LIMIT`]); beyond it a degraded
+    /// step is still flagged in its result and provenance but not kept, and
+    /// [`Engine::degraded_steps_not_kept`] counts it. Under `recovery.replay: flag` a step keeps
+    /// only its metadata and output text; under `rerun` also the payload and context to re-send.
+    pub fn degraded_step_limit(mut self, steps: usize) -> Self {
+        self.degraded_step_limit = steps;
+        self
+    }
+
     /// How tenants are labelled in exported metrics (default: all `other`; feature `metrics`).
     pub fn metric_labels(mut self, labels: crate::telemetry::TenantLabels) -> Self {
         self.labels = labels;
@@ -554,7 +567,7 @@ where
                 recorder: self.recorder.map(record::RecorderSlot::new),
                 shadow: arc_swap::ArcSwapOption::empty(),
                 counter: self.counter.unwrap_or_else(|| Arc::new(HeuristicCounter)),
-                replay: replay::ReplayLog::default(),
+                replay: replay::ReplayLog::new(self.degraded_step_limit),
                 ids,
             }),
         })
@@ -619,6 +632,7 @@ where
             seed: 0,
             stats: true,
             metrics: false,
+            degraded_step_limit: replay::DEFAULT_DEGRADED_STEP_LIMIT,
             mode: EngineMode::PerTenant,
             labels: crate::telemetry::TenantLabels::new(),
             recorder: None,

@@ -47,36 +47,87 @@ pub struct DegradedStep {
 #[derive(Clone)]
 struct Entry<P> {
     step: DegradedStep,
-    payload: P,
+    /// What a re-run sends: kept only under the `rerun` rule.
+    payload: Option<P>,
     context: Option<Arc<AgentState>>,
     output: Option<String>,
 }
 
-/// The engine's record of degraded steps, per session.
-pub(super) struct ReplayLog<P> {
-    sessions: Mutex<HashMap<SessionId, Vec<Entry<P>>>>,
+/// How many degraded steps an engine keeps by default (see
+/// [`EngineBuilder::degraded_step_limit`](super::EngineBuilder::degraded_step_limit)).
+pub const DEFAULT_DEGRADED_STEP_LIMIT: usize = 100_000;
+
+/// The sessions' records and how many steps they hold in all.
+#[derive(Default)]
+struct Book<P> {
+    sessions: HashMap<SessionId, Vec<Entry<P>>>,
+    kept: usize,
 }
 
-impl<P> Default for ReplayLog<P> {
-    fn default() -> Self {
+impl<P> Book<P> {
+    /// Drops the session's entries matching `gone`, keeping the count.
+    fn remove_where(&mut self, session: &SessionId, gone: impl Fn(&Entry<P>) -> bool) {
+        if let Some(list) = self.sessions.get_mut(session) {
+            let before = list.len();
+            list.retain(|e| !gone(e));
+            self.kept -= before - list.len();
+            if list.is_empty() {
+                self.sessions.remove(session);
+            }
+        }
+    }
+}
+
+/// The engine's record of degraded steps, per session, bounded: a platform that never reviews
+/// does not grow it without end.
+pub(super) struct ReplayLog<P> {
+    book: Mutex<Book<P>>,
+    limit: usize,
+    not_kept: std::sync::atomic::AtomicU64,
+}
+
+impl<P> ReplayLog<P> {
+    pub(super) fn new(limit: usize) -> Self {
         ReplayLog {
-            sessions: Mutex::new(HashMap::new()),
+            book: Mutex::new(Book {
+                sessions: HashMap::new(),
+                kept: 0,
+            }),
+            limit,
+            not_kept: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl<P: Clone> ReplayLog<P> {
+    /// Records a degraded step (`rerun`: with what a re-run needs). At the limit the step is not
+    /// kept and counted instead; its provenance still reaches the caller.
     pub(super) fn record(
         &self,
         call: &Call<P>,
+        rule: Replay,
         provenance: Provenance,
         original_tier: u32,
         context: Option<Arc<AgentState>>,
         output: Option<String>,
     ) {
         let Some(sid) = &call.session else { return };
-        let mut map = self.sessions.lock();
-        let list = map.entry(sid.clone()).or_default();
+        let mut book = self.book.lock();
+        if book.kept >= self.limit {
+            self.not_kept
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "downshift",
+                session = %sid,
+                limit = self.limit,
+                "degraded-step record full: a degraded step is flagged but not kept for replay or review"
+            );
+            return;
+        }
+        book.kept += 1;
+        let rerun = rule == Replay::Rerun;
+        let list = book.sessions.entry(sid.clone()).or_default();
         let step = call
             .agent_state
             .as_ref()
@@ -91,8 +142,8 @@ impl<P: Clone> ReplayLog<P> {
                 provenance,
                 original_tier,
             },
-            payload: call.payload.clone(),
-            context,
+            payload: rerun.then(|| call.payload.clone()),
+            context: if rerun { context } else { None },
             output,
         });
     }
@@ -162,11 +213,22 @@ where
     pub fn degraded_steps(&self, session: &SessionId) -> Vec<DegradedStep> {
         self.inner
             .replay
-            .sessions
+            .book
             .lock()
+            .sessions
             .get(session)
             .map(|l| l.iter().map(|e| e.step.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// Degraded steps not kept for replay or review because the record was full (see
+    /// [`EngineBuilder::degraded_step_limit`](super::EngineBuilder::degraded_step_limit)).
+    #[must_use]
+    pub fn degraded_steps_not_kept(&self) -> u64 {
+        self.inner
+            .replay
+            .not_kept
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Marks a flagged step reviewed by `reviewer` (a reference to an account or role, not a
@@ -186,11 +248,18 @@ where
         // Take the entry out while its record is written, so two reviews of one step write one
         // record; it goes back in its place when the write fails.
         let taken = {
-            let mut map = inner.replay.sessions.lock();
-            map.get_mut(session).and_then(|list| {
+            let mut book = inner.replay.book.lock();
+            let taken = book.sessions.get_mut(session).and_then(|list| {
                 let at = list.iter().position(|e| e.step.step == step)?;
                 Some((at, list.remove(at)))
-            })
+            });
+            if taken.is_some() {
+                book.kept -= 1;
+                if book.sessions.get(session).is_some_and(Vec::is_empty) {
+                    book.sessions.remove(session);
+                }
+            }
+            taken
         };
         let Some((at, entry)) = taken else {
             return Ok(false);
@@ -216,8 +285,9 @@ where
         match inner.audit.append(ev).await {
             Ok(_) => Ok(true),
             Err(e) => {
-                let mut map = inner.replay.sessions.lock();
-                let list = map.entry(session.clone()).or_default();
+                let mut book = inner.replay.book.lock();
+                book.kept += 1;
+                let list = book.sessions.entry(session.clone()).or_default();
                 list.insert(at.min(list.len()), entry);
                 Err(e.into())
             }
@@ -238,8 +308,9 @@ where
         let inner = &*self.inner;
         let entries: Vec<Entry<P>> = inner
             .replay
-            .sessions
+            .book
             .lock()
+            .sessions
             .get(session)
             .map(|l| l.to_vec())
             .ok_or_else(|| EngineError::UnknownSession {
@@ -262,10 +333,11 @@ where
             };
             let view = Arc::clone(tp.view(step.task.as_str()));
             rule = view.recovery.replay;
-            if rule != Replay::Rerun {
+            // A step recorded under `flag` kept no payload: it cannot be re-run.
+            let Some(payload) = payload.filter(|_| rule == Replay::Rerun) else {
                 steps.push(flagged(step, degraded));
                 continue;
-            }
+            };
             let now = inner.clock.now();
             let mut call = Call::new(step.tenant.clone(), step.task.clone(), payload);
             call.session = Some(step.session.clone());
@@ -411,9 +483,11 @@ where
             });
         }
         if !done.is_empty() {
-            if let Some(list) = inner.replay.sessions.lock().get_mut(session) {
-                list.retain(|e| !done.contains(&e.step.step));
-            }
+            inner
+                .replay
+                .book
+                .lock()
+                .remove_where(session, |e| done.contains(&e.step.step));
         }
         Ok(ReplayReport {
             session: session.clone(),
