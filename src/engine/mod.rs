@@ -104,7 +104,7 @@ use crate::policy::{
 use crate::router::{
     ApprovalTicket, Attempt, CallContext, Decision, Reason, ReasonKind, Route, TierRouter,
 };
-use crate::trigger::{Classification, Observation, OutcomeClass, TriggerEvaluator};
+use crate::trigger::{BudgetScope, Classification, Observation, OutcomeClass, TriggerEvaluator};
 
 /// One call handed to the engine.
 #[derive(Debug, Clone)]
@@ -243,6 +243,8 @@ struct SessionState {
     steps: u64,
     /// A granted approval held while the session stays on this tier (`while_on_tier`).
     grant: Option<(ApprovalTicket, u32)>,
+    /// The session's budget state, held so the budget check and charge skip the lookups by id.
+    budget: Option<crate::trigger::BudgetHandle>,
 }
 
 const SHARDS: usize = 32;
@@ -278,6 +280,14 @@ impl Sessions {
 
     fn update(&self, s: &SessionId, f: impl FnOnce(&mut SessionState)) {
         f(self.shard(s).lock().entry(s.clone()).or_default());
+    }
+
+    /// Keeps a budget handle with a session this replica already holds (never creates one: an
+    /// absent session is read from the checkpoint store on its next call).
+    fn keep_budget(&self, s: &SessionId, h: crate::trigger::BudgetHandle) {
+        if let Some(st) = self.shard(s).lock().get_mut(s) {
+            st.budget = Some(h);
+        }
     }
 }
 
@@ -692,6 +702,7 @@ where
                 version: Some(cp.version),
                 steps: 0,
                 grant: None,
+                budget: None,
             },
             None => SessionState::default(),
         };
@@ -858,6 +869,7 @@ where
             workflow_deadline: workflow.and_then(|w| w.deadline),
             approved_to: None,
             approved_ticket: None,
+            budget: None,
         })
     }
 
@@ -886,6 +898,21 @@ where
                 }));
             };
             let view = Arc::clone(tp.view(call.task.as_str()));
+            // A session's budget state is found by id once, then reached through its handle.
+            if pre.budget.is_none() && view.tenant_triggers.budget.is_some() {
+                if let Some(sid) = &call.session {
+                    let held = pre.session.as_ref().and_then(|s| s.budget.clone());
+                    pre.budget = Some(held.unwrap_or_else(|| {
+                        let mut scope = BudgetScope::tenant(&call.tenant).session(sid);
+                        if let Some(w) = &call.workflow {
+                            scope = scope.workflow(w);
+                        }
+                        let h = inner.evaluator.budget_handle(&scope, now);
+                        inner.sessions.keep_budget(sid, h.clone());
+                        h
+                    }));
+                }
+            }
             // The tenant is looked up once: the router takes it by handle (with the handle's
             // own id, so the router's check is a pointer comparison).
             let mut ctx = CallContext::for_handle(tp.handle(), &call.task)
@@ -915,6 +942,9 @@ where
             }
             if let Some(a) = pre.approved_to {
                 ctx = ctx.approved_to(a);
+            }
+            if let Some(h) = &pre.budget {
+                ctx = ctx.budget_handle(h);
             }
             let deadline = ctx.deadline;
             let candidate = self.shadow_route(&ctx, now);
@@ -1061,6 +1091,7 @@ where
                     &attempts,
                     r.now,
                     context.clone(),
+                    pre.budget.as_ref(),
                 )
                 .await;
             if let Err(e) = &result {
@@ -1156,6 +1187,7 @@ where
         usage: TokenUsage,
         classification: Option<&Classification>,
         started: Timestamp,
+        budget: Option<&crate::trigger::BudgetHandle>,
     ) {
         let inner = &*self.inner;
         let finished = inner.clock.now();
@@ -1184,6 +1216,9 @@ where
         }
         if let Some(b) = &view.tenant_triggers.budget {
             obs = obs.budget(b);
+            if let Some(h) = budget {
+                obs = obs.budget_handle(h);
+            }
         }
         self.record_observation(&obs);
         // An observation is only refused for an index outside the catalog or a bad cost, which
@@ -1246,6 +1281,7 @@ where
         attempts: &[Attempt],
         now: Timestamp,
         context: Option<Arc<AgentState>>,
+        budget: Option<&crate::trigger::BudgetHandle>,
     ) -> Result<ModelResponse<O>, ModelError> {
         let inner = &*self.inner;
         if let Some(wait) = self.backoff(view, route, deadline, attempts, now) {
@@ -1303,7 +1339,17 @@ where
             Ok(r) => (OutcomeClass::Ok, r.usage, success.as_ref()),
             Err(e) => (e.class(), e.usage, Some(&*e.classification)),
         };
-        self.observe_attempt(call, view, route, ep, class, usage, classification, started);
+        self.observe_attempt(
+            call,
+            view,
+            route,
+            ep,
+            class,
+            usage,
+            classification,
+            started,
+            budget,
+        );
         result
     }
 
@@ -1581,6 +1627,7 @@ where
                                         version: Some(c.version),
                                         grant: None,
                                         steps: 0,
+                                        budget: None,
                                     };
                                 });
                                 return Err(SaveError::SuspendedElsewhere {
@@ -2455,6 +2502,8 @@ struct Preflight {
     approved_to: Option<u32>,
     /// The granted approval this call's switch rests on.
     approved_ticket: Option<ApprovalTicket>,
+    /// The session's budget handle, when its view has a budget.
+    budget: Option<crate::trigger::BudgetHandle>,
 }
 
 /// A routed attempt and the policy it was decided under.

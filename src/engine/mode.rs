@@ -175,6 +175,7 @@ where
             workflow_deadline: None,
             approved_to: None,
             approved_ticket: None,
+            budget: None,
         })
     }
 
@@ -265,7 +266,17 @@ where
             Err(end) => return end,
         };
         match self
-            .attempt(call, &view, catalog, &route, deadline, &[], now, context)
+            .attempt(
+                call,
+                &view,
+                catalog,
+                &route,
+                deadline,
+                &[],
+                now,
+                context,
+                None,
+            )
             .await
         {
             Ok(response) => {
@@ -350,7 +361,17 @@ where
                 Err(end) => return end,
             };
             match self
-                .attempt(call, &view, catalog, &primary, deadline, &[], now, context)
+                .attempt(
+                    call,
+                    &view,
+                    catalog,
+                    &primary,
+                    deadline,
+                    &[],
+                    now,
+                    context,
+                    None,
+                )
                 .await
             {
                 Ok(response) => {
@@ -430,7 +451,7 @@ where
         };
         match self
             .attempt(
-                call, &view, catalog, &route, deadline, &attempts, now, context,
+                call, &view, catalog, &route, deadline, &attempts, now, context, None,
             )
             .await
         {

@@ -510,6 +510,7 @@ where
                         e.usage,
                         Some(&*e.classification),
                         started,
+                        None,
                     );
                     self.usage = add_usage(self.usage, e.usage);
                     if !e.class().is_capacity() {
@@ -604,6 +605,7 @@ where
             usage,
             classification,
             open.started,
+            None,
         );
         self.usage = add_usage(self.usage, usage);
         if open.forwarded > 0 {
