@@ -498,6 +498,7 @@ where
     /// step is still flagged in its result and provenance but not kept, and
     /// [`Engine::degraded_steps_not_kept`] counts it. Under `recovery.replay: flag` a step keeps
     /// only its metadata and output text; under `rerun` also the payload and context to re-send.
+    /// `0` keeps none: every degraded step is only counted.
     pub fn degraded_step_limit(mut self, steps: usize) -> Self {
         self.degraded_step_limit = steps;
         self
@@ -901,7 +902,9 @@ where
             // A session's budget state is found by id once, then reached through its handle.
             if pre.budget.is_none() && view.tenant_triggers.budget.is_some() {
                 if let Some(sid) = &call.session {
-                    let held = pre.session.as_ref().and_then(|s| s.budget.clone());
+                    // Moved out of this call's copy of the session state (nothing else reads it
+                    // there), so the handle is not cloned twice per call.
+                    let held = pre.session.as_mut().and_then(|s| s.budget.take());
                     pre.budget = Some(held.unwrap_or_else(|| {
                         let mut scope = BudgetScope::tenant(&call.tenant).session(sid);
                         if let Some(w) = &call.workflow {
