@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,10 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 /// A SHA-256 content digest, written `sha256:<64 lowercase hex digits>`.
+// Shared text: cloning is a reference count (every call's result carries its policy's digest).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
-pub struct ContentDigest(String);
+pub struct ContentDigest(Arc<str>);
 
 impl ContentDigest {
     /// The digest of raw bytes.
@@ -33,7 +35,7 @@ impl ContentDigest {
             s.push(HEX[usize::from(b & 0xf)]);
         }
         // Only ASCII was written.
-        ContentDigest(String::from_utf8(s).unwrap_or_default())
+        ContentDigest(String::from_utf8(s).unwrap_or_default().into())
     }
 
     /// The digest of a value's canonical JSON form.
@@ -67,7 +69,7 @@ impl ContentDigest {
                 "`{s}` is not a digest: expected `sha256:` then 64 lowercase hex digits"
             ));
         }
-        Ok(ContentDigest(s.to_string()))
+        Ok(ContentDigest(s.into()))
     }
 
     /// SHA-256 over `parts`, each prefixed by its length (so the parts cannot run into each

@@ -100,7 +100,7 @@ where
                     "the request needs {} input tokens, more than {}'s {}-token window, and the call carries no agent state the engine could fit",
                     call.requirements.input_tokens, ep.id, ep.capabilities.context_window
                 );
-                return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
+                return Err(Box::pin(self.end_unsent(call, r, pre, why, cont.on_unfittable)).await);
             }
             return Ok(None);
         };
@@ -120,7 +120,9 @@ where
                         "the session holds a non-portable `{}` item of provider `{}` and the policy pins it there (continuity.non_portable: pin): not switched to {} at `{}`",
                         np.kind, np.provider, ep.id, ep.provider
                     );
-                    return Err(self.end_unsent(call, r, pre, why, Exhausted::Suspend).await);
+                    return Err(
+                        Box::pin(self.end_unsent(call, r, pre, why, Exhausted::Suspend)).await,
+                    );
                 }
                 NonPortablePolicy::Strip => {
                     let mut s = (*state).clone();
@@ -152,7 +154,7 @@ where
                     summarizer: None,
                     dropped_digest: None,
                 };
-                self.audit_transform(call, r, kind, audit_seqs).await?;
+                Box::pin(self.audit_transform(call, r, kind, audit_seqs)).await?;
             }
             return Ok(Some(Context {
                 state,
@@ -164,7 +166,7 @@ where
                 "the context needs {before} tokens; {} leaves {budget} after reserving output, and the policy does not allow fitting (continuity.fit_to_smaller_window)",
                 ep.id
             );
-            return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
+            return Err(Box::pin(self.end_unsent(call, r, pre, why, cont.on_unfittable)).await);
         }
         let policy = FitPolicy {
             reserve_output_tokens: reserve,
@@ -174,13 +176,13 @@ where
             Fitted::Fits(rep) => *rep,
             Fitted::DoesNotFit { reason, .. } => {
                 let why = format!("the context cannot be fitted to {}: {reason}", ep.id);
-                return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
+                return Err(Box::pin(self.end_unsent(call, r, pre, why, cont.on_unfittable)).await);
             }
         };
         let mut strategy = ContextStrategy::Drop;
         let mut summarizer = None;
         if report.summary_needed {
-            match self.summarize(call, r, &report).await {
+            match Box::pin(self.summarize(call, r, &report)).await {
                 Ok((summary, by)) => {
                     let mut s = report.state.clone();
                     s.summary = Some(summary);
@@ -199,9 +201,14 @@ where
                                 "the context with its new summary cannot be fitted to {}: {reason}",
                                 ep.id
                             );
-                            return Err(self
-                                .end_unsent(call, r, pre, why, cont.on_unfittable)
-                                .await);
+                            return Err(Box::pin(self.end_unsent(
+                                call,
+                                r,
+                                pre,
+                                why,
+                                cont.on_unfittable,
+                            ))
+                            .await);
                         }
                     }
                 }
@@ -210,7 +217,9 @@ where
                         "a summary is required to fit the context to {} but: {e}",
                         ep.id
                     );
-                    return Err(self.end_unsent(call, r, pre, why, cont.on_unfittable).await);
+                    return Err(
+                        Box::pin(self.end_unsent(call, r, pre, why, cont.on_unfittable)).await,
+                    );
                 }
                 // Without a summary the dropped messages are gone from what is sent (the
                 // checkpoint keeps them); the audit record says no summary was written.
@@ -230,7 +239,7 @@ where
             summarizer,
             dropped_digest: report.dropped.digest.clone(),
         };
-        self.audit_transform(call, r, kind, audit_seqs).await?;
+        Box::pin(self.audit_transform(call, r, kind, audit_seqs)).await?;
         Ok(Some(Context {
             state: Arc::new(report.state),
             fitted: true,

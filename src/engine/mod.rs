@@ -800,7 +800,7 @@ where
                     expiry::max_duration(&inner.policies.current(), &call.tenant, Some(&call.task));
                 if expiry::expired(since, max, start) {
                     let given_up = match inner.checkpoints.load(sid).await {
-                        Ok(Some(cp)) => self.give_up_if_expired(cp, start).await,
+                        Ok(Some(cp)) => Box::pin(self.give_up_if_expired(cp, start)).await,
                         Ok(None) => Ok(None),
                         Err(e) => Err(e.into()),
                     };
@@ -850,18 +850,17 @@ where
                     triggers: Default::default(),
                 };
                 let message = format!("workflow `{w}` is suspended: {why}");
-                return Err(self
-                    .suspend_with(
-                        call,
-                        &view,
-                        set.catalog(),
-                        session.as_ref(),
-                        reason,
-                        message,
-                        retry_at,
-                        start,
-                    )
-                    .await);
+                return Err(Box::pin(self.suspend_with(
+                    call,
+                    &view,
+                    set.catalog(),
+                    session.as_ref(),
+                    reason,
+                    message,
+                    retry_at,
+                    start,
+                ))
+                .await);
             }
         }
         Ok(Preflight {
@@ -986,20 +985,19 @@ where
                     proposed_endpoint,
                     reason,
                 } => {
-                    match self
-                        .request_approval(
-                            call,
-                            &view,
-                            set.catalog(),
-                            ticket,
-                            current,
-                            proposed_tier,
-                            proposed_endpoint,
-                            reason,
-                            pre.session.as_ref(),
-                            now,
-                        )
-                        .await
+                    match Box::pin(self.request_approval(
+                        call,
+                        &view,
+                        set.catalog(),
+                        ticket,
+                        current,
+                        proposed_tier,
+                        proposed_endpoint,
+                        reason,
+                        pre.session.as_ref(),
+                        now,
+                    ))
+                    .await
                     {
                         Gate::Proceed(tier) if pre.approved_to.is_none_or(|a| a < tier) => {
                             pre.approved_to = Some(tier);
@@ -1016,17 +1014,16 @@ where
                     }
                 }
                 Decision::Suspend { reason, retry_at } => {
-                    return Err(self
-                        .suspend(
-                            call,
-                            &view,
-                            set.catalog(),
-                            pre.session.as_ref(),
-                            reason,
-                            retry_at,
-                            now,
-                        )
-                        .await);
+                    return Err(Box::pin(self.suspend(
+                        call,
+                        &view,
+                        set.catalog(),
+                        pre.session.as_ref(),
+                        reason,
+                        retry_at,
+                        now,
+                    ))
+                    .await);
                 }
                 Decision::Reject { reason } => {
                     let message = reason.to_string();
@@ -1041,7 +1038,7 @@ where
                     if let Some(t) = reason.triggers.first() {
                         ev = ev.trigger(t.record(set.catalog()));
                     }
-                    if let Err(r) = self.record(ev).await {
+                    if let Err(r) = Box::pin(self.record(ev)).await {
                         return Err(CallResult::Rejected(r));
                     }
                     return Err(CallResult::Rejected(Rejection {

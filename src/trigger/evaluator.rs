@@ -1268,6 +1268,9 @@ impl TriggerEvaluator {
         let mut inner = scope.inner();
         inner.session = inner.session.filter(|_| budget.session_usd.is_some());
         inner.workflow = inner.workflow.filter(|_| budget.workflow_usd.is_some());
+        if self.budgets.clear_by_handle(&inner, budget) {
+            return None;
+        }
         let spend = self.budgets.spend(&inner, now.as_millis());
         if let Some(wb) = &budget.tenant {
             if spend.tenant_window_usd >= wb.limit_usd {
