@@ -5,6 +5,7 @@
 //! capabilities, benchmarked quality per task kind); policies only refer to endpoints by id.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -182,7 +183,7 @@ pub struct Endpoint {
     /// Provider name (`openai`, `anthropic`, `bedrock`, `self-hosted`, ...).
     pub provider: String,
     /// The provider's model name.
-    pub model: String,
+    pub model: Arc<str>,
     /// Concrete region the data is processed in (`eu-west-1`, `us-east-1`). `global` means the
     /// provider may process it anywhere; it never satisfies a residency restriction unless the
     /// tenant lists `global` itself.

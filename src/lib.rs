@@ -66,7 +66,7 @@
 //! ])?;
 //!
 //! let hospital = set.view("hospital", "clinical_summarization")?;
-//! let permitted: Vec<&str> = hospital.usable_tiers().map(|t| t.name.as_str()).collect();
+//! let permitted: Vec<&str> = hospital.usable_tiers().map(|t| &*t.name).collect();
 //! assert_eq!(permitted, ["primary", "hot-standby"]);
 //!
 //! let agency = set.view("agency", "copywriting")?;

@@ -31,7 +31,7 @@ impl ModelClient<(), ()> for Priced {
 
 fn tier(r: &CallResult<()>) -> String {
     match r {
-        CallResult::Completed(c) => c.served_by.tier_name.clone(),
+        CallResult::Completed(c) => c.served_by.tier_name.to_string(),
         other => panic!("expected a served call, got {}", other.outcome()),
     }
 }

@@ -253,7 +253,7 @@ fn usable_pairs(v: &ResolvedPolicy) -> Vec<(String, String)> {
         .flat_map(|t| {
             t.endpoints
                 .iter()
-                .map(move |e| (t.name.clone(), e.to_string()))
+                .map(move |e| (t.name.to_string(), e.to_string()))
         })
         .collect()
 }

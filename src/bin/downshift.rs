@@ -697,7 +697,7 @@ fn explain(paths: &[PathBuf], what: &What<'_>, json: bool) -> ExitCode {
             .map_or("?", |x| x.id.as_str())
             .to_string()
     };
-    let tier_name = |i: u32| v.tier(i).map_or("?", |t| t.name.as_str()).to_string();
+    let tier_name = |i: u32| v.tier(i).map_or("?", |t| &*t.name).to_string();
     match &live.decision {
         Decision::Route(r) => o.push_str(&format!(
             "  -> ROUTE to {} (tier {} `{}`){}{}{}\n",

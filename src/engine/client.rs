@@ -25,7 +25,7 @@ pub struct ModelRequest<P> {
     /// Its index in the engine's catalog.
     pub endpoint_idx: EndpointIdx,
     /// The provider's model name, from the catalog.
-    pub model: String,
+    pub model: Arc<str>,
     /// When the call must be finished. The engine stops waiting at this time either way; a
     /// client should pass it on (as a request timeout) so the provider stops working too.
     pub deadline: Option<Timestamp>,

@@ -68,9 +68,9 @@ where
         let model = set
             .catalog()
             .get(done.served_by.endpoint.as_str())
-            .map_or_else(String::new, |e| e.model.clone());
+            .map_or_else(String::new, |e| e.model.to_string());
         Provenance {
-            tier: crate::checkpoint::TierAt::new(done.served_by.tier, &done.served_by.tier_name)
+            tier: crate::checkpoint::TierAt::new(done.served_by.tier, &*done.served_by.tier_name)
                 .on(done.served_by.endpoint.clone()),
             model,
             policy_digest: done.policy_digest.clone(),
@@ -332,7 +332,7 @@ where
             .ok_or("no summarizer tier is named (continuity.summarizer)")?;
         let tier = view
             .usable_tiers()
-            .find(|t| t.name == name)
+            .find(|t| *t.name == *name)
             .ok_or_else(|| {
                 format!("the summarizer tier `{name}` is not usable for this tenant and task")
             })?;

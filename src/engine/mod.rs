@@ -591,7 +591,7 @@ fn tier_at(
     tier: u32,
     endpoint: Option<crate::catalog::EndpointIdx>,
 ) -> TierAt {
-    let mut t = TierAt::new(tier, view.tier(tier).map_or("?", |t| t.name.as_str()));
+    let mut t = TierAt::new(tier, view.tier(tier).map_or("?", |t| &*t.name));
     if let Some(e) = endpoint.and_then(|e| catalog.try_endpoint(e)) {
         t = t.on(e.id.clone());
     }
@@ -2535,7 +2535,7 @@ fn served_by(view: &ResolvedPolicy, catalog: &Catalog, route: &Route) -> ServedB
         tier: route.tier,
         tier_name: view
             .tier(route.tier)
-            .map_or_else(String::new, |t| t.name.clone()),
+            .map_or_else(|| Arc::from(""), |t| t.name.clone()),
         endpoint: catalog
             .try_endpoint(route.endpoint)
             .map_or_else(|| EndpointId::new("?"), |e| e.id.clone()),

@@ -17,7 +17,7 @@ pub struct ServedBy {
     /// Tier index (0 = primary).
     pub tier: u32,
     /// Tier name.
-    pub tier_name: String,
+    pub tier_name: std::sync::Arc<str>,
     /// The endpoint.
     pub endpoint: EndpointId,
 }

@@ -357,7 +357,7 @@ where
         } else {
             primary_cost(view, self.inner.policies.load().catalog(), usage)
         };
-        let tier_name = view.tier(route.tier).map_or("?", |t| t.name.as_str());
+        let tier_name = view.tier(route.tier).map_or("?", |t| &*t.name);
         #[cfg(feature = "metrics")]
         if vis.exporting() {
             crate::telemetry::emit_attempt(
@@ -552,7 +552,7 @@ mod tracing_span {
         };
         if let Some((by, degraded)) = served {
             span.record("downshift.tier", by.tier);
-            span.record("downshift.tier_name", by.tier_name.as_str());
+            span.record("downshift.tier_name", &*by.tier_name);
             span.record("downshift.endpoint", by.endpoint.as_str());
             span.record("downshift.degraded", degraded);
         }
@@ -567,7 +567,7 @@ mod tracing_span {
         match result {
             CallResult::Completed(c) => {
                 span.record("downshift.tier", c.served_by.tier);
-                span.record("downshift.tier_name", c.served_by.tier_name.as_str());
+                span.record("downshift.tier_name", &*c.served_by.tier_name);
                 span.record("downshift.endpoint", c.served_by.endpoint.as_str());
                 span.record("downshift.degraded", c.degraded);
                 span.record("downshift.attempts", c.attempts);
@@ -616,14 +616,14 @@ pub(crate) fn record_models(view: &ResolvedPolicy, catalog: &Catalog, served: &E
         if span.is_disabled() {
             return;
         }
-        span.record("gen_ai.response.model", served.model.as_str());
+        span.record("gen_ai.response.model", &*served.model);
         span.record("gen_ai.provider.name", served.provider.as_str());
         let requested = view
             .top_tier()
             .and_then(|t| view.tier(t))
             .and_then(|t| t.endpoint_idx.first())
             .and_then(|&e| catalog.try_endpoint(e))
-            .map_or(served.model.as_str(), |e| e.model.as_str());
+            .map_or(&*served.model, |e| &*e.model);
         span.record("gen_ai.request.model", requested);
         span.record("otel.name", format!("chat {requested}").as_str());
     }

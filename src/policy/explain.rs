@@ -111,7 +111,7 @@ impl ResolvedPolicy {
                         candidates.push(CandidateExplanation {
                             endpoint: id.clone(),
                             provider: e.provider.clone(),
-                            model: e.model.clone(),
+                            model: e.model.to_string(),
                             region: e.region.clone(),
                             context_window: e.capabilities.context_window,
                             input_per_mtok: e.pricing.input_per_mtok,
@@ -143,7 +143,7 @@ impl ResolvedPolicy {
                 }
                 TierExplanation {
                     index: t.index,
-                    name: t.name.clone(),
+                    name: t.name.to_string(),
                     approval_required: self.approval.requires(0, t.index),
                     candidates,
                 }

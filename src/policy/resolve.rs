@@ -400,7 +400,7 @@ pub(crate) fn compute_view(
         }
         tiers.push(ResolvedTier {
             index: idx,
-            name: tier.name.clone(),
+            name: tier.name.as_str().into(),
             excluded,
             all_endpoints: tier.endpoints.clone(),
             endpoints,

@@ -1,5 +1,6 @@
 //! The resolved form of a policy: one immutable [`ResolvedPolicy`] per (tenant, task kind) view.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -185,7 +186,7 @@ pub struct ResolvedTier {
     /// Position in the ladder (0 = primary).
     pub index: u32,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
     /// `None` when the tier is permitted in this view; otherwise why not.
     pub excluded: Option<TierExclusion>,
     /// Every endpoint the tier lists, in policy order.

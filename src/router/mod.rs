@@ -330,7 +330,7 @@ impl TierRouter {
                 for e in &t.all_endpoints {
                     candidates.push(CandidateTrace {
                         tier: t.index,
-                        tier_name: t.name.clone(),
+                        tier_name: t.name.to_string(),
                         endpoint: e.clone(),
                         verdict: CandidateVerdict::TierExcluded {
                             reason: ex.to_string(),
@@ -343,7 +343,7 @@ impl TierRouter {
                 if let Some(r) = t.removed.iter().find(|r| &r.endpoint == e) {
                     candidates.push(CandidateTrace {
                         tier: t.index,
-                        tier_name: t.name.clone(),
+                        tier_name: t.name.to_string(),
                         endpoint: e.clone(),
                         verdict: CandidateVerdict::Removed {
                             reason: r.reason.to_string(),
@@ -363,7 +363,7 @@ impl TierRouter {
                     .map_or(CandidateVerdict::NotChosen, |(_, _, v)| v.clone());
                 candidates.push(CandidateTrace {
                     tier: t.index,
-                    tier_name: t.name.clone(),
+                    tier_name: t.name.to_string(),
                     endpoint: id(ix),
                     verdict,
                 });

@@ -980,7 +980,18 @@ mod tests {
 
     #[test]
     fn bounds_never_round_down() {
-        for usd in [0.0, 1e-9, 0.1, 0.3, 1.0 / 3.0, 2.0, 1e6 + 0.1, 123_456.789, -0.1, 1e300] {
+        for usd in [
+            0.0,
+            1e-9,
+            0.1,
+            0.3,
+            1.0 / 3.0,
+            2.0,
+            1e6 + 0.1,
+            123_456.789,
+            -0.1,
+            1e300,
+        ] {
             let b = f32::from_bits(bound(usd));
             assert!(f64::from(b) >= usd, "{usd} -> {b}");
         }
