@@ -13,8 +13,10 @@
 //! (`serde`), for export, [`alerts`](crate::alerts) and the `downshift report` CLI.
 //!
 //! Consistency: each counter is read once, atomically; a call still in flight while the
-//! snapshot is taken shows up in the next one. Taking a snapshot never blocks a call: the shard
-//! locks are held only to copy the list of tenants.
+//! snapshot is taken shows up in the next one. Taking a snapshot never blocks a call: a shard's
+//! read lock is held only to copy its few pointers to the chunks of tenant cells.
+//! [`Engine::stats_into`](crate::engine::Engine::stats_into) takes a snapshot into an existing
+//! one, reusing its buffers (for callers that take snapshots periodically).
 //!
 //! Costs use [`Pricing::cost`](crate::catalog::Pricing::cost), the crate's one cost function.
 
