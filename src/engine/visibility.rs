@@ -537,35 +537,39 @@ mod tracing_span {
     static FIELDS: OnceLock<Option<CallFields>> = OnceLock::new();
 
     /// The call span's fields, when `span` is a call span (`None` for a disabled span or
-    /// another span).
+    /// another span). Only [`call_span`] looks them up (from a span it has just made, so never
+    /// from another callsite's span).
     pub(super) fn fields_of(span: &tracing::Span) -> Option<&'static CallFields> {
         let meta = span.metadata()?;
-        let f = FIELDS
-            .get_or_init(|| {
-                let set = meta.fields();
-                let get = |name: &str| set.field(name);
-                Some(CallFields {
-                    set,
-                    outcome: get("downshift.outcome")?,
-                    tier: get("downshift.tier")?,
-                    tier_name: get("downshift.tier_name")?,
-                    endpoint: get("downshift.endpoint")?,
-                    degraded: get("downshift.degraded")?,
-                    attempts: get("downshift.attempts")?,
-                    input_tokens: get("gen_ai.usage.input_tokens")?,
-                    output_tokens: get("gen_ai.usage.output_tokens")?,
-                    error_type: get("error.type")?,
-                    reason: get("downshift.reason")?,
-                    response_model: get("gen_ai.response.model")?,
-                    provider: get("gen_ai.provider.name")?,
-                    request_model: get("gen_ai.request.model")?,
-                    otel_name: get("otel.name")?,
-                    would_be: get("downshift.would_be")?,
-                })
-            })
-            .as_ref()?;
+        let f = FIELDS.get()?.as_ref()?;
         // Only the call span's own callsite (the current span may be another one).
         (f.outcome.callsite() == meta.callsite()).then_some(f)
+    }
+
+    /// Looks the call span's fields up in `meta`, the first time a call span is enabled.
+    fn init_fields(meta: &'static tracing::Metadata<'static>) {
+        FIELDS.get_or_init(|| {
+            let set = meta.fields();
+            let get = |name: &str| set.field(name);
+            Some(CallFields {
+                set,
+                outcome: get("downshift.outcome")?,
+                tier: get("downshift.tier")?,
+                tier_name: get("downshift.tier_name")?,
+                endpoint: get("downshift.endpoint")?,
+                degraded: get("downshift.degraded")?,
+                attempts: get("downshift.attempts")?,
+                input_tokens: get("gen_ai.usage.input_tokens")?,
+                output_tokens: get("gen_ai.usage.output_tokens")?,
+                error_type: get("error.type")?,
+                reason: get("downshift.reason")?,
+                response_model: get("gen_ai.response.model")?,
+                provider: get("gen_ai.provider.name")?,
+                request_model: get("gen_ai.request.model")?,
+                otel_name: get("otel.name")?,
+                would_be: get("downshift.would_be")?,
+            })
+        });
     }
 
     impl CallFields {
@@ -674,7 +678,7 @@ mod tracing_span {
     /// routed and once ended, one `record` call each.
     pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
         let session = call.session.as_ref().map(crate::id::SessionId::as_str);
-        tracing::info_span!(
+        let span = tracing::info_span!(
             target: "downshift",
             "downshift.call",
             otel.name = Empty,
@@ -700,7 +704,11 @@ mod tracing_span {
             downshift.reason = Empty,
             downshift.outcome = Empty,
             downshift.would_be = Empty,
-        )
+        );
+        if let Some(meta) = span.metadata() {
+            init_fields(meta);
+        }
+        span
     }
 
     fn served(by: &super::super::ServedBy, degraded: bool) -> (u32, &str, &str, bool) {
