@@ -310,8 +310,10 @@ impl Episode {
 type EpisodeKey = (TenantId, Option<SessionId>);
 
 /// Cells in a shard's first chunk; each next chunk holds twice as many, up to [`MAX_CHUNK`].
+/// A cell is about 1.2 KB and a chunk's cells are made (and their pages touched) at once, so
+/// the cap bounds the unused cells to 128 per shard (about 10 MB over 64 shards at worst).
 const FIRST_CHUNK: usize = 8;
-const MAX_CHUNK: usize = 512;
+const MAX_CHUNK: usize = 128;
 
 /// One shard's tenants: their cells sit in chunks (an arena), in the order the tenants were
 /// first seen, so a snapshot reads them in address order rather than one scattered allocation
@@ -1088,6 +1090,45 @@ mod tests {
                 not_before: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn tenants_across_many_chunks_each_appear_once_and_a_reused_snapshot_matches() {
+        // About 156 tenants per shard: chunks of 8, 16, 32, 64 and 128 cells.
+        const TENANTS: u64 = 10_000;
+        let c = Collector::new(Timestamp::from_millis(0), true);
+        let cat = catalog();
+        for i in 0..TENANTS {
+            let t = TenantId::new(format!("tenant-{i}"));
+            for k in 0..=(i % 3) {
+                one_call(&c, &t, k);
+            }
+        }
+        let at = Timestamp::from_millis(5_000);
+        let s = c.snapshot(at, EngineMode::PerTenant, &cat, endpoint_stats(&cat));
+        check_parts(&s);
+        assert_eq!(s.tenants.len() as u64, TENANTS);
+        let ids: HashSet<&str> = s.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(ids.len() as u64, TENANTS);
+        for t in &s.tenants {
+            let i: u64 = t.tenant.as_str()["tenant-".len()..].parse().unwrap();
+            assert_eq!(t.calls, i % 3 + 1);
+        }
+        // Taken again into itself (in place) after more calls: equal to a fresh one.
+        let mut again = s.clone();
+        one_call(&c, &TenantId::new("tenant-7"), 3);
+        one_call(&c, &TenantId::new("new-tenant"), 1);
+        c.snapshot_into(
+            at,
+            EngineMode::PerTenant,
+            &cat,
+            endpoint_stats(&cat),
+            &mut again,
+        );
+        let fresh = c.snapshot(at, EngineMode::PerTenant, &cat, endpoint_stats(&cat));
+        assert_eq!(again, fresh);
+        check_parts(&again);
+        assert_eq!(again.tenants.len() as u64, TENANTS + 1);
     }
 
     #[test]
