@@ -249,3 +249,33 @@ fn disabled_stats_count_nothing_and_unknown_tenants_cost_no_memory() {
     assert!(s.tenants.is_empty());
     assert_eq!(s.unknown_tenant_calls, 50);
 }
+
+#[test]
+fn a_snapshot_taken_into_a_reused_one_equals_a_fresh_one() {
+    let w = world();
+    block_on(w.engine.call(Call::new("acme", "summarization", payload())));
+    // A snapshot from elsewhere (another tenant list, routes of its own) is fully replaced.
+    let mut out: StatsSnapshot =
+        serde_json::from_str(&serde_json::to_string(&w.engine.stats()).unwrap()).unwrap();
+    out.tenants.push(out.tenants[0].clone());
+    w.engine.stats_into(&mut out);
+    assert_eq!(out, w.engine.stats());
+    // Taken again into itself after more calls (its routes array reused), including a new
+    // tenant and a second route of a tenant.
+    w.script.fail(
+        "big",
+        OutcomeClass::RateLimited,
+        Some(Duration::from_secs(60)),
+    );
+    for tenant in ["acme", "hold", "acme"] {
+        block_on(w.engine.call(Call::new(tenant, "summarization", payload())));
+    }
+    w.engine.stats_into(&mut out);
+    let mut fresh = w.engine.stats();
+    assert_eq!(out, fresh);
+    fresh.sort_by_tenant();
+    let acme = fresh.tenant("acme").unwrap();
+    assert_eq!(acme.calls, 3);
+    assert_eq!(acme.routes.len(), 2);
+    assert_eq!(StatsSnapshot::default().tenants.len(), 0);
+}

@@ -1396,10 +1396,7 @@ where
                 (from, route.tier != from)
             }
         };
-        visibility::record_route(route);
-        if let Some(ep) = catalog.try_endpoint(route.endpoint) {
-            visibility::record_models(view, catalog, ep);
-        }
+        visibility::record_route(route, view, catalog, catalog.try_endpoint(route.endpoint));
         if moved {
             visibility::tier_event(
                 if route.tier < from {

@@ -114,6 +114,16 @@ where
     /// A snapshot of the engine's statistics (see [`crate::stats`]). Never blocks a call.
     #[must_use]
     pub fn stats(&self) -> StatsSnapshot {
+        let mut out = StatsSnapshot::default();
+        self.stats_into(&mut out);
+        out
+    }
+
+    /// Takes a snapshot into `out` (see [`Engine::stats`]), reusing its buffers: for a caller
+    /// taking snapshots periodically, keeping one `StatsSnapshot` and passing it back saves
+    /// allocating and faulting in the tenants' and routes' arrays (about 60 MB for 100,000
+    /// tenants) each time. Everything in `out` is replaced. Never blocks a call.
+    pub fn stats_into(&self, out: &mut StatsSnapshot) {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let set = inner.policies.current();
@@ -160,7 +170,7 @@ where
         inner
             .visibility
             .stats
-            .snapshot(now, self.mode(), catalog, endpoints)
+            .snapshot_into(now, self.mode(), catalog, endpoints, out);
     }
 
     /// Turns the statistics counters on or off at run time (on by default; see
@@ -203,9 +213,15 @@ where
             };
         #[cfg(feature = "tracing")]
         let (result, span) = {
-            use tracing::Instrument;
+            // Entered around each poll, as `Instrument` does, but kept here rather than moved
+            // into a wrapper: no clone of the span (and its close) per call.
             let span = tracing_span::call_span(&call, mode.name());
-            let r = fut.instrument(span.clone()).await;
+            let mut fut = fut;
+            let r = std::future::poll_fn(|cx| {
+                let _entered = span.enter();
+                fut.as_mut().poll(cx)
+            })
+            .await;
             (r, span)
         };
         #[cfg(not(feature = "tracing"))]
@@ -392,19 +408,40 @@ where
     }
 }
 
-/// Records the route that served on the call's span (reason, tier, endpoint, degraded).
-pub(crate) fn record_route(route: &Route) {
+/// Records the route that served on the call's span (reason, tier, degraded) and, when the
+/// endpoint is known, the served model and provider and the requested (primary) model: one
+/// `Span::current()` and one `record` call per route.
+pub(crate) fn record_route(
+    route: &Route,
+    view: &ResolvedPolicy,
+    catalog: &Catalog,
+    served: Option<&Endpoint>,
+) {
     #[cfg(feature = "tracing")]
     {
         let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("downshift.reason", route.reason.kind.as_str());
-            span.record("downshift.degraded", route.degraded);
-            span.record("downshift.tier", route.tier);
-        }
+        let Some(f) = tracing_span::fields_of(&span) else {
+            return;
+        };
+        let models = served.map(|served| {
+            let requested = view
+                .top_tier()
+                .and_then(|t| view.tier(t))
+                .and_then(|t| t.endpoint_idx.first())
+                .and_then(|&e| catalog.try_endpoint(e))
+                .map_or(&*served.model, |e| &*e.model);
+            (&*served.model, served.provider.as_str(), requested)
+        });
+        f.route(
+            &span,
+            route.reason.kind.as_str(),
+            route.degraded,
+            route.tier,
+            models,
+        );
     }
     #[cfg(not(feature = "tracing"))]
-    let _ = route;
+    let _ = (route, view, catalog, served);
 }
 
 /// Records what the policy would have done (`observe_only`) on the call's span.
@@ -412,7 +449,7 @@ pub(crate) fn record_would_be(decision: &Decision, catalog: &Catalog) {
     #[cfg(feature = "tracing")]
     {
         let span = tracing::Span::current();
-        if !span.is_disabled() {
+        if let Some(f) = tracing_span::fields_of(&span) {
             let text = match decision {
                 Decision::Route(r) => format!(
                     "route tier {} `{}` ({})",
@@ -430,7 +467,7 @@ pub(crate) fn record_would_be(decision: &Decision, catalog: &Catalog) {
                 Decision::Suspend { reason, .. } => format!("suspend ({reason})"),
                 Decision::Reject { reason } => format!("reject ({reason})"),
             };
-            span.record("downshift.would_be", text.as_str());
+            f.would_be(&span, &text);
         }
     }
     #[cfg(not(feature = "tracing"))]
@@ -470,13 +507,177 @@ pub(crate) use tracing_span::{call_span, record_stream_result};
 
 #[cfg(feature = "tracing")]
 mod tracing_span {
+    use std::sync::OnceLock;
+
     use super::super::{Call, CallResult, StreamEnd};
-    use tracing::field::Empty;
+    use tracing::field::{Empty, Field, FieldSet, Value};
+
+    /// The call span's fields recorded after it is created, looked up by name once per process
+    /// (`Span::record` by name scans the span's 25 field names on every call). The span has one
+    /// callsite, so these are the same `Field`s for every call's span.
+    pub(super) struct CallFields {
+        set: &'static FieldSet,
+        outcome: Field,
+        tier: Field,
+        tier_name: Field,
+        endpoint: Field,
+        degraded: Field,
+        attempts: Field,
+        input_tokens: Field,
+        output_tokens: Field,
+        error_type: Field,
+        reason: Field,
+        response_model: Field,
+        provider: Field,
+        request_model: Field,
+        otel_name: Field,
+        would_be: Field,
+    }
+
+    static FIELDS: OnceLock<Option<CallFields>> = OnceLock::new();
+
+    /// The call span's fields, when `span` is a call span (`None` for a disabled span or
+    /// another span). Only [`call_span`] looks them up (from a span it has just made, so never
+    /// from another callsite's span).
+    pub(super) fn fields_of(span: &tracing::Span) -> Option<&'static CallFields> {
+        let meta = span.metadata()?;
+        let f = FIELDS.get()?.as_ref()?;
+        // Only the call span's own callsite (the current span may be another one).
+        (f.outcome.callsite() == meta.callsite()).then_some(f)
+    }
+
+    /// Looks the call span's fields up in `meta`, the first time a call span is enabled.
+    fn init_fields(meta: &'static tracing::Metadata<'static>) {
+        FIELDS.get_or_init(|| {
+            let set = meta.fields();
+            let get = |name: &str| set.field(name);
+            Some(CallFields {
+                set,
+                outcome: get("downshift.outcome")?,
+                tier: get("downshift.tier")?,
+                tier_name: get("downshift.tier_name")?,
+                endpoint: get("downshift.endpoint")?,
+                degraded: get("downshift.degraded")?,
+                attempts: get("downshift.attempts")?,
+                input_tokens: get("gen_ai.usage.input_tokens")?,
+                output_tokens: get("gen_ai.usage.output_tokens")?,
+                error_type: get("error.type")?,
+                reason: get("downshift.reason")?,
+                response_model: get("gen_ai.response.model")?,
+                provider: get("gen_ai.provider.name")?,
+                request_model: get("gen_ai.request.model")?,
+                otel_name: get("otel.name")?,
+                would_be: get("downshift.would_be")?,
+            })
+        });
+    }
+
+    impl CallFields {
+        /// Records the route that served: the reason, degraded and tier (one `record` call).
+        pub(super) fn route(
+            &self,
+            span: &tracing::Span,
+            reason: &str,
+            degraded: bool,
+            tier: u32,
+            models: Option<(&str, &str, &str)>,
+        ) {
+            let (response, provider, request) = models.unzip3();
+            let name = request.map(|r| tracing::field::display(OtelName(r)));
+            span.record_all(&self.set.value_set(&[
+                (&self.reason, Some(&reason as &dyn Value)),
+                (&self.degraded, Some(&degraded as &dyn Value)),
+                (&self.tier, Some(&tier as &dyn Value)),
+                (
+                    &self.response_model,
+                    response.as_ref().map(|v| v as &dyn Value),
+                ),
+                (&self.provider, provider.as_ref().map(|v| v as &dyn Value)),
+                (
+                    &self.request_model,
+                    request.as_ref().map(|v| v as &dyn Value),
+                ),
+                (&self.otel_name, name.as_ref().map(|n| n as &dyn Value)),
+            ]));
+        }
+
+        /// Records the would-be decision (`observe_only`).
+        pub(super) fn would_be(&self, span: &tracing::Span, text: &str) {
+            span.record_all(
+                &self
+                    .set
+                    .value_set(&[(&self.would_be, Some(&text as &dyn Value))]),
+            );
+        }
+
+        /// Records how a call or stream ended, in one `record` call: each `None` is left as
+        /// it was.
+        #[allow(clippy::too_many_arguments)]
+        fn end(
+            &self,
+            span: &tracing::Span,
+            outcome: &str,
+            served: Option<(u32, &str, &str, bool)>,
+            attempts: Option<u32>,
+            usage: Option<(u64, u64)>,
+            error_type: Option<&str>,
+            reason: Option<&str>,
+            tier: Option<u32>,
+        ) {
+            let tier = served.map(|s| s.0).or(tier);
+            let (tier_name, endpoint, degraded) = served.map(|s| (s.1, s.2, s.3)).unzip3();
+            let (input, output) = usage.unzip();
+            span.record_all(&self.set.value_set(&[
+                (&self.outcome, Some(&outcome as &dyn Value)),
+                (&self.tier, tier.as_ref().map(|v| v as &dyn Value)),
+                (&self.tier_name, tier_name.as_ref().map(|v| v as &dyn Value)),
+                (&self.endpoint, endpoint.as_ref().map(|v| v as &dyn Value)),
+                (&self.degraded, degraded.as_ref().map(|v| v as &dyn Value)),
+                (&self.attempts, attempts.as_ref().map(|v| v as &dyn Value)),
+                (&self.input_tokens, input.as_ref().map(|v| v as &dyn Value)),
+                (
+                    &self.output_tokens,
+                    output.as_ref().map(|v| v as &dyn Value),
+                ),
+                (
+                    &self.error_type,
+                    error_type.as_ref().map(|v| v as &dyn Value),
+                ),
+                (&self.reason, reason.as_ref().map(|v| v as &dyn Value)),
+            ]));
+        }
+    }
+
+    /// `otel.name`: "chat {requested model}", formatted only by a subscriber that reads it.
+    struct OtelName<'a>(&'a str);
+
+    impl std::fmt::Display for OtelName<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("chat ")?;
+            f.write_str(self.0)
+        }
+    }
+
+    trait Unzip3<A, B, C> {
+        fn unzip3(self) -> (Option<A>, Option<B>, Option<C>);
+    }
+
+    impl<A, B, C> Unzip3<A, B, C> for Option<(A, B, C)> {
+        fn unzip3(self) -> (Option<A>, Option<B>, Option<C>) {
+            match self {
+                Some((a, b, c)) => (Some(a), Some(b), Some(c)),
+                None => (None, None, None),
+            }
+        }
+    }
 
     /// The span of one call. Field names follow the OpenTelemetry GenAI semantic conventions
     /// where one applies (`gen_ai.*`, `error.type`); the rest are `downshift.*`. Never the
-    /// payload, the prompt or the output.
+    /// payload, the prompt or the output. What is known at the start is given at creation
+    /// (the session and workflow too: an absent one stays empty); the rest is recorded once
+    /// routed and once ended, one `record` call each.
     pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
+        let session = call.session.as_ref().map(crate::id::SessionId::as_str);
         let span = tracing::info_span!(
             target: "downshift",
             "downshift.call",
@@ -488,12 +689,12 @@ mod tracing_span {
             gen_ai.response.model = Empty,
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
-            gen_ai.conversation.id = Empty,
+            gen_ai.conversation.id = session,
             error.type = Empty,
-            downshift.tenant = %call.tenant,
-            downshift.session = Empty,
-            downshift.workflow = Empty,
-            downshift.task = %call.task,
+            downshift.tenant = call.tenant.as_str(),
+            downshift.session = session,
+            downshift.workflow = call.workflow.as_ref().map(crate::id::WorkflowId::as_str),
+            downshift.task = call.task.as_str(),
             downshift.mode = mode,
             downshift.tier = Empty,
             downshift.tier_name = Empty,
@@ -504,89 +705,133 @@ mod tracing_span {
             downshift.outcome = Empty,
             downshift.would_be = Empty,
         );
-        if !span.is_disabled() {
-            if let Some(s) = &call.session {
-                span.record("downshift.session", s.as_str());
-                span.record("gen_ai.conversation.id", s.as_str());
-            }
-            if let Some(w) = &call.workflow {
-                span.record("downshift.workflow", w.as_str());
-            }
+        if let Some(meta) = span.metadata() {
+            init_fields(meta);
         }
         span
+    }
+
+    fn served(by: &super::super::ServedBy, degraded: bool) -> (u32, &str, &str, bool) {
+        (by.tier, &*by.tier_name, by.endpoint.as_str(), degraded)
     }
 
     /// Records how a streamed call ended, with the fields a unary call's span gets (and
     /// `error.type` set to the failure's class for a stream cut mid-answer).
     pub(crate) fn record_stream_result(span: &tracing::Span, end: &StreamEnd) {
         use super::super::StreamOutcome as S;
-        if span.is_disabled() {
-            return;
-        }
-        span.record("downshift.outcome", end.outcome_name());
-        span.record("downshift.attempts", end.attempts);
-        span.record("gen_ai.usage.input_tokens", end.usage.input_tokens);
-        span.record("gen_ai.usage.output_tokens", end.usage.output_tokens);
-        let served = match &end.outcome {
-            S::Completed(c) => Some((&c.served_by, c.degraded)),
-            S::Interrupted(i) => {
-                span.record("error.type", i.error.class().as_str());
-                Some((&i.served_by, i.degraded))
-            }
-            S::Rejected(r) => {
-                span.record("error.type", super::reject_name(r.kind));
-                if let Some(reason) = &r.reason {
-                    span.record("downshift.reason", reason.kind.as_str());
-                }
-                None
-            }
-            S::Suspended { .. } => {
-                span.record("downshift.reason", "suspended");
-                None
-            }
-            S::AwaitingApproval { proposed_tier, .. } => {
-                span.record("downshift.reason", "approval_required");
-                span.record("downshift.tier", *proposed_tier);
-                None
-            }
-        };
-        if let Some((by, degraded)) = served {
-            span.record("downshift.tier", by.tier);
-            span.record("downshift.tier_name", &*by.tier_name);
-            span.record("downshift.endpoint", by.endpoint.as_str());
-            span.record("downshift.degraded", degraded);
+        let Some(f) = fields_of(span) else { return };
+        let usage = Some((end.usage.input_tokens, end.usage.output_tokens));
+        let attempts = Some(end.attempts);
+        let outcome = end.outcome_name();
+        match &end.outcome {
+            S::Completed(c) => f.end(
+                span,
+                outcome,
+                Some(served(&c.served_by, c.degraded)),
+                attempts,
+                usage,
+                None,
+                None,
+                None,
+            ),
+            S::Interrupted(i) => f.end(
+                span,
+                outcome,
+                Some(served(&i.served_by, i.degraded)),
+                attempts,
+                usage,
+                Some(i.error.class().as_str()),
+                None,
+                None,
+            ),
+            S::Rejected(r) => f.end(
+                span,
+                outcome,
+                None,
+                attempts,
+                usage,
+                Some(super::reject_name(r.kind)),
+                r.reason.as_ref().map(|x| x.kind.as_str()),
+                None,
+            ),
+            S::Suspended { .. } => f.end(
+                span,
+                outcome,
+                None,
+                attempts,
+                usage,
+                None,
+                Some("suspended"),
+                None,
+            ),
+            S::AwaitingApproval { proposed_tier, .. } => f.end(
+                span,
+                outcome,
+                None,
+                attempts,
+                usage,
+                None,
+                Some("approval_required"),
+                Some(*proposed_tier),
+            ),
         }
     }
 
     /// Records how the call ended.
     pub(super) fn record_result<O>(span: &tracing::Span, result: &CallResult<O>) {
-        if span.is_disabled() {
-            return;
-        }
-        span.record("downshift.outcome", result.outcome());
+        let Some(f) = fields_of(span) else { return };
+        let outcome = result.outcome();
         match result {
-            CallResult::Completed(c) => {
-                span.record("downshift.tier", c.served_by.tier);
-                span.record("downshift.tier_name", &*c.served_by.tier_name);
-                span.record("downshift.endpoint", c.served_by.endpoint.as_str());
-                span.record("downshift.degraded", c.degraded);
-                span.record("downshift.attempts", c.attempts);
-                span.record("gen_ai.usage.input_tokens", c.response.usage.input_tokens);
-                span.record("gen_ai.usage.output_tokens", c.response.usage.output_tokens);
-            }
-            CallResult::Rejected(r) => {
-                span.record("error.type", super::reject_name(r.kind));
-                if let Some(reason) = &r.reason {
-                    span.record("downshift.reason", reason.kind.as_str());
-                }
-            }
+            CallResult::Completed(c) => f.end(
+                span,
+                outcome,
+                Some((
+                    c.served_by.tier,
+                    &*c.served_by.tier_name,
+                    c.served_by.endpoint.as_str(),
+                    c.degraded,
+                )),
+                Some(c.attempts),
+                Some((
+                    c.response.usage.input_tokens,
+                    c.response.usage.output_tokens,
+                )),
+                None,
+                None,
+                None,
+            ),
+            CallResult::Rejected(r) => f.end(
+                span,
+                outcome,
+                None,
+                None,
+                None,
+                Some(super::reject_name(r.kind)),
+                r.reason.as_ref().map(|x| x.kind.as_str()),
+                None,
+            ),
             CallResult::Suspended { .. } => {
-                span.record("downshift.reason", "suspended");
+                f.end(
+                    span,
+                    outcome,
+                    None,
+                    None,
+                    None,
+                    None,
+                    Some("suspended"),
+                    None,
+                );
             }
-            CallResult::AwaitingApproval { proposed_tier, .. } => {
-                span.record("downshift.reason", "approval_required");
-                span.record("downshift.tier", *proposed_tier);
-            }
+            CallResult::AwaitingApproval { proposed_tier, .. } => f.end(
+                span,
+                outcome,
+                None,
+                None,
+                None,
+                None,
+                Some("approval_required"),
+                Some(*proposed_tier),
+            ),
         }
     }
 }
@@ -606,27 +851,4 @@ pub(crate) fn reject_name(kind: super::RejectKind) -> &'static str {
         K::Context => "context",
         K::SuspensionExpired => "suspension_expired",
     }
-}
-
-/// Records the served model and provider (and the requested, primary model) on the span.
-pub(crate) fn record_models(view: &ResolvedPolicy, catalog: &Catalog, served: &Endpoint) {
-    #[cfg(feature = "tracing")]
-    {
-        let span = tracing::Span::current();
-        if span.is_disabled() {
-            return;
-        }
-        span.record("gen_ai.response.model", &*served.model);
-        span.record("gen_ai.provider.name", served.provider.as_str());
-        let requested = view
-            .top_tier()
-            .and_then(|t| view.tier(t))
-            .and_then(|t| t.endpoint_idx.first())
-            .and_then(|&e| catalog.try_endpoint(e))
-            .map_or(&*served.model, |e| &*e.model);
-        span.record("gen_ai.request.model", requested);
-        span.record("otel.name", format!("chat {requested}").as_str());
-    }
-    #[cfg(not(feature = "tracing"))]
-    let _ = (view, catalog, served);
 }

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 use parking_lot::{Mutex, RwLock};
 
-use super::histogram::Histogram;
+use super::histogram::{Histogram, Percentiles};
 use super::{
     DegradationEvent, EndpointStats, Outcomes, RouteStats, Routes, StatsSnapshot, TenantStats,
     WouldBe, WouldBeDecision,
@@ -17,7 +17,7 @@ use super::{
 use crate::catalog::{Catalog, EndpointIdx};
 use crate::clock::Timestamp;
 use crate::engine::EngineMode;
-use crate::id::{SessionId, TenantId};
+use crate::id::{EndpointId, SessionId, TenantId};
 use crate::router::Decision;
 use crate::trigger::OutcomeClass;
 
@@ -156,6 +156,15 @@ impl RouteCell {
 #[derive(Debug, Default)]
 #[repr(C)]
 struct TenantCell {
+    /// The tenant, set when the cell is claimed (before a snapshot can see it).
+    key: OnceLock<TenantId>,
+    /// The tenant id snapshots hand out: a copy of `key` made by the first snapshot that
+    /// reads the cell. Those copies are allocated one after the other, in the order the
+    /// snapshot reads the cells, so the reference counts every later snapshot adds (and drops)
+    /// lie in one dense run of memory read in address order, rather than one cache miss per
+    /// tenant at wherever the caller's id was allocated (which, as an atomic add, cannot
+    /// overlap with the next one).
+    id: OnceLock<TenantId>,
     calls: AtomicU64,
     completed: AtomicU64,
     degraded: AtomicU64,
@@ -299,7 +308,63 @@ impl Episode {
 }
 
 type EpisodeKey = (TenantId, Option<SessionId>);
-type Shard = RwLock<HashMap<TenantId, Arc<TenantCell>>>;
+
+/// Cells in a shard's first chunk; each next chunk holds twice as many, up to [`MAX_CHUNK`].
+/// A cell is about 1.2 KB and a chunk's cells are made (and their pages touched) at once, so
+/// the cap bounds the unused cells to 128 per shard (about 10 MB over 64 shards at worst).
+const FIRST_CHUNK: usize = 8;
+const MAX_CHUNK: usize = 128;
+
+/// One shard's tenants: their cells sit in chunks (an arena), in the order the tenants were
+/// first seen, so a snapshot reads them in address order rather than one scattered allocation
+/// per tenant. Cells are only ever added.
+#[derive(Debug, Default)]
+struct ShardData {
+    /// A tenant's (chunk, cell) position.
+    index: HashMap<TenantId, (u32, u32)>,
+    chunks: Vec<Arc<[TenantCell]>>,
+    /// Cells claimed in the last chunk.
+    last_len: usize,
+}
+
+impl ShardData {
+    fn cell(&self, (chunk, at): (u32, u32)) -> Option<&TenantCell> {
+        self.chunks.get(chunk as usize)?.get(at as usize)
+    }
+
+    /// The size of the next chunk.
+    fn next_chunk(&self) -> usize {
+        self.chunks
+            .last()
+            .map_or(FIRST_CHUNK, |c| (c.len() * 2).min(MAX_CHUNK))
+    }
+
+    /// Claims a free cell for `tenant`, if the last chunk has one.
+    fn claim(&mut self, tenant: &TenantId) -> Option<(u32, u32)> {
+        let chunk = self.chunks.len().checked_sub(1)?;
+        let cell = self.chunks.last()?.get(self.last_len)?;
+        let _ = cell.key.set(tenant.clone());
+        let pos = (
+            u32::try_from(chunk).ok()?,
+            u32::try_from(self.last_len).ok()?,
+        );
+        self.last_len += 1;
+        self.index.insert(tenant.clone(), pos);
+        Some(pos)
+    }
+
+    /// The tenants, as the chunks' cells in use: cloned under the read lock (a few `Arc`s
+    /// per shard), read after it is released.
+    fn used(&self) -> (Vec<Arc<[TenantCell]>>, usize) {
+        (self.chunks.clone(), self.last_len)
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+type Shard = RwLock<ShardData>;
 
 /// The engine's statistics.
 #[derive(Debug)]
@@ -320,7 +385,9 @@ impl Collector {
             enabled: AtomicBool::new(enabled),
             since,
             hasher: DefaultHashBuilder::default(),
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(ShardData::default()))
+                .collect(),
             unknown_tenant: AtomicU64::new(0),
             episodes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             closed: Mutex::new(VecDeque::new()),
@@ -342,31 +409,48 @@ impl Collector {
         (self.hasher.hash_one(tenant.as_str()) as usize) % SHARDS
     }
 
-    /// The tenant's cell, created on first sight.
-    fn tenant(&self, tenant: &TenantId) -> Option<Arc<TenantCell>> {
+    /// The tenant's cell, created on first sight: its chunk and place in it.
+    fn tenant(&self, tenant: &TenantId) -> Option<(Arc<[TenantCell]>, usize)> {
         let shard = self.shards.get(self.shard_index(tenant))?;
-        if let Some(c) = shard.read().get(tenant.as_str()) {
-            return Some(Arc::clone(c));
+        loop {
+            let wanted = {
+                let mut s = shard.write();
+                let found = match s.index.get(tenant.as_str()) {
+                    Some(&pos) => Some(pos),
+                    None => s.claim(tenant),
+                };
+                if let Some((chunk, at)) = found {
+                    let c = s.chunks.get(chunk as usize)?;
+                    return Some((Arc::clone(c), at as usize));
+                }
+                (s.chunks.len(), s.next_chunk())
+            };
+            // The last chunk is full: make the next one without holding the lock (calls of
+            // the shard's other tenants go on meanwhile), then add it unless another thread
+            // has.
+            let chunk: Arc<[TenantCell]> = (0..wanted.1).map(|_| TenantCell::default()).collect();
+            let mut s = shard.write();
+            if s.chunks.len() == wanted.0 {
+                s.chunks.push(chunk);
+                s.last_len = 0;
+            }
         }
-        Some(Arc::clone(
-            shard
-                .write()
-                .entry(tenant.clone())
-                .or_insert_with(|| Arc::new(TenantCell::default())),
-        ))
     }
 
-    /// Runs `f` on the tenant's cell without cloning its `Arc` when it exists.
+    /// Runs `f` on the tenant's cell (under the shard's read lock when it exists).
     #[inline]
     fn with_tenant(&self, tenant: &TenantId, f: impl FnOnce(&TenantCell)) {
         if let Some(shard) = self.shards.get(self.shard_index(tenant)) {
-            if let Some(c) = shard.read().get(tenant.as_str()) {
+            let s = shard.read();
+            if let Some(c) = s.index.get(tenant.as_str()).and_then(|&pos| s.cell(pos)) {
                 f(c);
                 return;
             }
         }
-        if let Some(c) = self.tenant(tenant) {
-            f(&c);
+        if let Some((chunk, at)) = self.tenant(tenant) {
+            if let Some(c) = chunk.get(at) {
+                f(c);
+            }
         }
     }
 
@@ -596,52 +680,79 @@ impl Collector {
 
     /// Takes a snapshot. `endpoints` come from the evaluator (health, transitions, signals);
     /// their `attempts` are summed here.
+    #[cfg(test)]
     pub(crate) fn snapshot(
         &self,
         now: Timestamp,
         mode: EngineMode,
         catalog: &Catalog,
-        mut endpoints: Vec<EndpointStats>,
+        endpoints: Vec<EndpointStats>,
     ) -> StatsSnapshot {
-        // Shard by shard: copy the shard's tenant list under its read lock (never held while
-        // the stats are read, so calls and new tenants are never kept waiting), then read those
-        // tenants while their cells are still in cache. Not sorted: comparing 100,000 scattered
-        // tenant ids costs more than the rest of the snapshot (cache misses);
+        let mut out = StatsSnapshot::default();
+        self.snapshot_into(now, mode, catalog, endpoints, &mut out);
+        out
+    }
+
+    /// Takes a snapshot into `out`, reusing its buffers (its tenants' and routes' arrays keep
+    /// their capacity, so a caller taking snapshots periodically with the same `out` does
+    /// not fault in tens of megabytes of fresh pages each time).
+    pub(crate) fn snapshot_into(
+        &self,
+        now: Timestamp,
+        mode: EngineMode,
+        catalog: &Catalog,
+        mut endpoints: Vec<EndpointStats>,
+        out: &mut StatsSnapshot,
+    ) {
+        // Entries are overwritten in place (see `fill_tenant`); the array of routes of tenants
+        // with several is made anew (the previous one is shared by the entries it is replacing).
+        let mut routes = Vec::new();
+        let mut filled = 0;
+        // Shard by shard: clone the shard's chunks of cells under its read lock (a few `Arc`s;
+        // never held while the stats are read, so calls and new tenants are never kept
+        // waiting), then read the cells in address order. Not sorted: comparing 100,000
+        // tenant ids costs more than the rest of the snapshot;
         // `StatsSnapshot::sort_by_tenant` does it on demand.
         let total: usize = self.shards.iter().map(|s| s.read().len()).sum();
-        let mut tenants: Vec<TenantStats> = Vec::with_capacity(total);
-        // Every tenant's routes go to one array; each tenant's slice of it is set at the end.
-        let mut routes: Vec<RouteStats> = Vec::with_capacity(total + total / 8);
-        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(total);
+        let tenants = &mut out.tenants;
+        tenants.reserve(total.saturating_sub(tenants.len()));
         let mut per_endpoint = vec![0u64; catalog.len()];
-        let mut cells: Vec<(TenantId, Arc<TenantCell>)> = Vec::new();
+        let all = Arc::new(OnceLock::new());
         for shard in &*self.shards {
-            cells.clear();
-            {
-                let s = shard.read();
-                cells.extend(s.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
-            }
-            for (id, t) in cells.drain(..) {
-                let start = routes.len();
-                tenants.push(tenant_stats(
-                    id,
-                    &t,
-                    catalog,
-                    now,
-                    &mut per_endpoint,
-                    &mut routes,
-                ));
-                spans.push((start, routes.len() - start));
+            let (chunks, last_len) = shard.read().used();
+            let n = chunks.len();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let used = if i + 1 == n { last_len } else { chunk.len() };
+                for t in chunk.iter().take(used) {
+                    let Some(key) = t.key.get() else { continue };
+                    let id = t.id.get_or_init(|| TenantId::new(key.as_str()));
+                    if filled == tenants.len() {
+                        tenants.push(blank_tenant(id.clone()));
+                    }
+                    if let Some(slot) = tenants.get_mut(filled) {
+                        fill_tenant(
+                            slot,
+                            id,
+                            t,
+                            catalog,
+                            now,
+                            &mut per_endpoint,
+                            &mut routes,
+                            &all,
+                        );
+                        filled += 1;
+                    }
+                }
             }
         }
-        let all = Arc::new(routes);
-        for (t, (start, len)) in tenants.iter_mut().zip(spans) {
-            t.routes = Routes::shared(&all, start, len);
-        }
+        tenants.truncate(filled);
+        let _ = all.set(routes);
         for (e, n) in endpoints.iter_mut().zip(&per_endpoint) {
             e.attempts = *n;
         }
-        let mut events: Vec<DegradationEvent> = self.closed.lock().iter().cloned().collect();
+        let events = &mut out.degradation_events;
+        events.clear();
+        events.extend(self.closed.lock().iter().cloned());
         for shard in &*self.episodes {
             let m = shard.lock();
             events.extend(
@@ -652,24 +763,61 @@ impl Collector {
         events.sort_by(|a, b| {
             (a.started_at, &a.tenant, &a.session).cmp(&(b.started_at, &b.tenant, &b.session))
         });
-        StatsSnapshot {
-            taken_at: now,
-            since: self.since,
-            mode,
-            unknown_tenant_calls: self.unknown_tenant.load(R),
-            tenants,
-            endpoints,
-            degradation_events: events,
-        }
+        out.taken_at = now;
+        out.since = self.since;
+        out.mode = mode;
+        out.unknown_tenant_calls = self.unknown_tenant.load(R);
+        out.endpoints = endpoints;
     }
 }
 
+/// A route's stats, its names taken from the cell and the catalog.
 fn route_stats(
     r: &RouteCell,
     catalog: &Catalog,
     per_endpoint: &mut [u64],
     outcome_sum: &mut [u64; CLASSES],
 ) -> RouteStats {
+    let (tier_name, endpoint) = route_names(r, catalog);
+    let mut out = RouteStats {
+        tier: 0,
+        tier_name,
+        endpoint,
+        attempts: 0,
+        degraded: 0,
+        outcomes: Outcomes::default(),
+        latency: Percentiles::default(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+        primary_cost_usd: 0.0,
+        saving_usd: 0.0,
+    };
+    fill_route(&mut out, r, catalog, per_endpoint, outcome_sum);
+    out
+}
+
+fn route_names(r: &RouteCell, catalog: &Catalog) -> (Arc<str>, EndpointId) {
+    let endpoint = r.tier_endpoint().map_or(EndpointIdx(u32::MAX), |(_, e)| e);
+    (
+        // Set right after the key: an attempt recorded in between is all that can miss it.
+        r.tier_name.get().map_or_else(|| Arc::from("?"), Arc::clone),
+        catalog
+            .try_endpoint(endpoint)
+            .map_or_else(|| EndpointId::new("?"), |e| e.id.clone()),
+    )
+}
+
+/// Writes a route's stats into `out`, in place: its names are replaced only when they are not
+/// already the very same shared strings, so a snapshot taken again into the same
+/// `StatsSnapshot` touches no reference count for an unchanged route.
+fn fill_route(
+    out: &mut RouteStats,
+    r: &RouteCell,
+    catalog: &Catalog,
+    per_endpoint: &mut [u64],
+    outcome_sum: &mut [u64; CLASSES],
+) {
     let oc = counts(&r.outcomes);
     for (s, o) in outcome_sum.iter_mut().zip(oc) {
         *s += o;
@@ -681,54 +829,124 @@ fn route_stats(
     if let Some(n) = per_endpoint.get_mut(endpoint.0 as usize) {
         *n += attempts;
     }
+    let same_name = r
+        .tier_name
+        .get()
+        .is_some_and(|n| Arc::ptr_eq(n, &out.tier_name));
+    let same_endpoint = catalog
+        .try_endpoint(endpoint)
+        .is_some_and(|e| e.id.same(&out.endpoint));
+    if !(same_name && same_endpoint) {
+        (out.tier_name, out.endpoint) = route_names(r, catalog);
+    }
     let rc = load_f64(&r.cost);
     let rp = load_f64(&r.primary_cost);
-    RouteStats {
-        tier,
-        // Set right after the key: an attempt recorded in between is all that can miss it.
-        tier_name: r.tier_name.get().map_or_else(|| Arc::from("?"), Arc::clone),
-        endpoint: catalog
-            .try_endpoint(endpoint)
-            .map_or_else(|| crate::id::EndpointId::new("?"), |e| e.id.clone()),
-        attempts,
-        degraded: r.degraded.load(R),
-        outcomes: Outcomes::from_counts(oc),
-        latency: r.latency.percentiles(),
-        input_tokens: r.input.load(R),
-        output_tokens: r.output.load(R),
-        cost_usd: rc,
-        primary_cost_usd: rp,
-        saving_usd: rp - rc,
+    out.tier = tier;
+    out.attempts = attempts;
+    out.degraded = r.degraded.load(R);
+    out.outcomes = Outcomes::from_counts(oc);
+    out.latency = r.latency.percentiles();
+    out.input_tokens = r.input.load(R);
+    out.output_tokens = r.output.load(R);
+    out.cost_usd = rc;
+    out.primary_cost_usd = rp;
+    out.saving_usd = rp - rc;
+}
+
+/// An entry for `id`, to be filled by [`fill_tenant`].
+fn blank_tenant(id: TenantId) -> TenantStats {
+    TenantStats {
+        tenant: id,
+        calls: 0,
+        completed: 0,
+        degraded: 0,
+        calls_suspended: 0,
+        suspensions: 0,
+        resumes: 0,
+        suspended_sessions: 0,
+        awaiting_approval: 0,
+        approvals_granted: 0,
+        approvals_denied: 0,
+        rejected: 0,
+        deadline_misses: 0,
+        outcomes: Outcomes::default(),
+        latency: Percentiles::default(),
+        time_degraded_ms: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+        primary_cost_usd: 0.0,
+        saving_usd: 0.0,
+        would_be: WouldBe::default(),
+        routes: Routes::default(),
     }
 }
 
-/// One tenant's stats; its routes are appended to `routes` (the caller sets
-/// [`TenantStats::routes`]).
-fn tenant_stats(
-    id: TenantId,
+/// Writes one tenant's stats into `out`, in place (the tenant id and an only route's names
+/// are kept when they are already the same shared strings). A single route is kept inline;
+/// several are appended to `routes`, the array `all` will hold once complete.
+#[allow(clippy::too_many_arguments)]
+fn fill_tenant(
+    out: &mut TenantStats,
+    id: &TenantId,
     t: &TenantCell,
     catalog: &Catalog,
     now: Timestamp,
     per_endpoint: &mut [u64],
     routes: &mut Vec<RouteStats>,
-) -> TenantStats {
-    let mut outcome_sum = [0u64; CLASSES];
-    let first = routes.len();
-    if t.first.tier_endpoint().is_some() {
-        routes.push(route_stats(
-            &t.first,
-            catalog,
-            per_endpoint,
-            &mut outcome_sum,
-        ));
+    all: &Arc<OnceLock<Vec<RouteStats>>>,
+) {
+    if !out.tenant.same(id) {
+        out.tenant = id.clone();
     }
-    if t.has_more.load(R) {
-        for r in t.more.load().iter() {
-            routes.push(route_stats(r, catalog, per_endpoint, &mut outcome_sum));
+    let mut outcome_sum = [0u64; CLASSES];
+    let has_first = t.first.tier_endpoint().is_some();
+    if has_first && !t.has_more.load(R) {
+        // The common case, one route: kept inline in the tenant's entry, updated in place when
+        // the entry already holds one.
+        match &mut out.routes {
+            Routes {
+                one: Some(r),
+                all: None,
+                ..
+            } => fill_route(r, &t.first, catalog, per_endpoint, &mut outcome_sum),
+            other => {
+                *other = Routes::one(route_stats(
+                    &t.first,
+                    catalog,
+                    per_endpoint,
+                    &mut outcome_sum,
+                ));
+            }
         }
+    } else {
+        let start = routes.len();
+        if has_first {
+            routes.push(route_stats(
+                &t.first,
+                catalog,
+                per_endpoint,
+                &mut outcome_sum,
+            ));
+        }
+        if t.has_more.load(R) {
+            for r in t.more.load().iter() {
+                routes.push(route_stats(r, catalog, per_endpoint, &mut outcome_sum));
+            }
+        }
+        out.routes = match routes.len() - start {
+            0 => Routes::default(),
+            n => Routes::pending(all, start, n),
+        };
     }
     let (mut input, mut output, mut cost, mut primary) = (0u64, 0u64, 0.0f64, 0.0f64);
-    for r in routes.get(first..).unwrap_or_default() {
+    let mine: &[RouteStats] = match &out.routes {
+        Routes { one: Some(r), .. } => std::slice::from_ref(r),
+        Routes { start, len, .. } => routes
+            .get(*start..start.saturating_add(*len))
+            .unwrap_or_default(),
+    };
+    for r in mine {
         input += r.input_tokens;
         output += r.output_tokens;
         cost += r.cost_usd;
@@ -748,43 +966,35 @@ fn tenant_stats(
         t.would_approval.load(R),
         t.would_rejected.load(R),
     ];
-    TenantStats {
-        tenant: id,
-        calls: t.calls.load(R),
-        completed: t.completed.load(R),
-        degraded: t.degraded.load(R),
-        calls_suspended: t.calls_suspended.load(R),
-        suspensions,
-        resumes,
-        suspended_sessions: suspensions.saturating_sub(resumes),
-        awaiting_approval: t.awaiting.load(R),
-        approvals_granted: t.granted.load(R),
-        approvals_denied: t.denied.load(R),
-        rejected: t.rejected.load(R),
-        deadline_misses: t.deadline_misses.load(R),
-        outcomes: Outcomes::from_counts(outcome_sum),
-        latency: t.latency.percentiles(),
-        time_degraded_ms: t.degraded_ms.load(R) + live,
-        input_tokens: input,
-        output_tokens: output,
-        cost_usd: cost,
-        primary_cost_usd: primary,
-        saving_usd: primary - cost,
-        would_be: WouldBe {
-            degraded: would[0],
-            suspended: would[1],
-            awaiting_approval: would[2],
-            rejected: would[3],
-            // The lock only for tenants with a would-be decision (a counter is bumped just
-            // before `last` is set).
-            last: if would.iter().any(|n| *n > 0) {
-                t.would_last.lock().clone()
-            } else {
-                None
-            },
-        },
-        routes: Routes::default(),
-    }
+    out.calls = t.calls.load(R);
+    out.completed = t.completed.load(R);
+    out.degraded = t.degraded.load(R);
+    out.calls_suspended = t.calls_suspended.load(R);
+    out.suspensions = suspensions;
+    out.resumes = resumes;
+    out.suspended_sessions = suspensions.saturating_sub(resumes);
+    out.awaiting_approval = t.awaiting.load(R);
+    out.approvals_granted = t.granted.load(R);
+    out.approvals_denied = t.denied.load(R);
+    out.rejected = t.rejected.load(R);
+    out.deadline_misses = t.deadline_misses.load(R);
+    out.outcomes = Outcomes::from_counts(outcome_sum);
+    out.latency = t.latency.percentiles();
+    out.time_degraded_ms = t.degraded_ms.load(R) + live;
+    out.input_tokens = input;
+    out.output_tokens = output;
+    out.cost_usd = cost;
+    out.primary_cost_usd = primary;
+    out.saving_usd = primary - cost;
+    let w = &mut out.would_be;
+    [w.degraded, w.suspended, w.awaiting_approval, w.rejected] = would;
+    // The lock only for tenants with a would-be decision (a counter is bumped just before
+    // `last` is set).
+    w.last = if would.iter().any(|n| *n > 0) {
+        t.would_last.lock().clone()
+    } else {
+        None
+    };
 }
 
 #[cfg(test)]
@@ -883,6 +1093,45 @@ mod tests {
     }
 
     #[test]
+    fn tenants_across_many_chunks_each_appear_once_and_a_reused_snapshot_matches() {
+        // About 156 tenants per shard: chunks of 8, 16, 32, 64 and 128 cells.
+        const TENANTS: u64 = 10_000;
+        let c = Collector::new(Timestamp::from_millis(0), true);
+        let cat = catalog();
+        for i in 0..TENANTS {
+            let t = TenantId::new(format!("tenant-{i}"));
+            for k in 0..=(i % 3) {
+                one_call(&c, &t, k);
+            }
+        }
+        let at = Timestamp::from_millis(5_000);
+        let s = c.snapshot(at, EngineMode::PerTenant, &cat, endpoint_stats(&cat));
+        check_parts(&s);
+        assert_eq!(s.tenants.len() as u64, TENANTS);
+        let ids: HashSet<&str> = s.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(ids.len() as u64, TENANTS);
+        for t in &s.tenants {
+            let i: u64 = t.tenant.as_str()["tenant-".len()..].parse().unwrap();
+            assert_eq!(t.calls, i % 3 + 1);
+        }
+        // Taken again into itself (in place) after more calls: equal to a fresh one.
+        let mut again = s.clone();
+        one_call(&c, &TenantId::new("tenant-7"), 3);
+        one_call(&c, &TenantId::new("new-tenant"), 1);
+        c.snapshot_into(
+            at,
+            EngineMode::PerTenant,
+            &cat,
+            endpoint_stats(&cat),
+            &mut again,
+        );
+        let fresh = c.snapshot(at, EngineMode::PerTenant, &cat, endpoint_stats(&cat));
+        assert_eq!(again, fresh);
+        check_parts(&again);
+        assert_eq!(again.tenants.len() as u64, TENANTS + 1);
+    }
+
+    #[test]
     fn snapshots_taken_while_calls_run_have_totals_equal_to_the_sum_of_their_parts() {
         const TENANTS: u64 = 200;
         const CALLS: u64 = 30;
@@ -923,7 +1172,14 @@ mod tests {
             while c
                 .shards
                 .iter()
-                .map(|s| s.read().values().map(|t| t.calls.load(R)).sum::<u64>())
+                .map(|s| {
+                    let s = s.read();
+                    s.index
+                        .values()
+                        .filter_map(|&pos| s.cell(pos))
+                        .map(|t| t.calls.load(R))
+                        .sum::<u64>()
+                })
                 .sum::<u64>()
                 < TENANTS * CALLS
             {

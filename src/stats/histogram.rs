@@ -110,6 +110,17 @@ impl Histogram {
         let Some(range) = self.buckets.get(lo..=hi) else {
             return Percentiles::default();
         };
+        if let [one] = range {
+            // One bucket used (a tenant with few calls): every percentile is in it.
+            let samples = u64::from(one.load(Ordering::Relaxed));
+            let at = (samples > 0).then(|| upper_bound(lo));
+            return Percentiles {
+                samples,
+                p50_ms: at,
+                p95_ms: at,
+                p99_ms: at,
+            };
+        }
         let samples: u64 = range
             .iter()
             .map(|c| u64::from(c.load(Ordering::Relaxed)))

@@ -13,8 +13,10 @@
 //! (`serde`), for export, [`alerts`](crate::alerts) and the `downshift report` CLI.
 //!
 //! Consistency: each counter is read once, atomically; a call still in flight while the
-//! snapshot is taken shows up in the next one. Taking a snapshot never blocks a call: the shard
-//! locks are held only to copy the list of tenants.
+//! snapshot is taken shows up in the next one. Taking a snapshot never blocks a call: a shard's
+//! read lock is held only to copy its few pointers to the chunks of tenant cells.
+//! [`Engine::stats_into`](crate::engine::Engine::stats_into) takes a snapshot into an existing
+//! one, reusing its buffers (for callers that take snapshots periodically).
 //!
 //! Costs use [`Pricing::cost`](crate::catalog::Pricing::cost), the crate's one cost function.
 
@@ -25,7 +27,7 @@ pub mod report;
 pub(crate) use collector::Collector;
 pub use histogram::Percentiles;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +36,9 @@ use crate::engine::EngineMode;
 use crate::id::{EndpointId, SessionId, TenantId};
 use crate::trigger::OutcomeClass;
 
-/// A snapshot of the engine's statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A snapshot of the engine's statistics. `Default` is an empty snapshot, for
+/// [`Engine::stats_into`](crate::engine::Engine::stats_into) to fill.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// When the snapshot was taken.
     pub taken_at: Timestamp,
@@ -240,27 +243,38 @@ pub struct TenantStats {
     pub routes: Routes,
 }
 
-/// A tenant's [`RouteStats`]: a slice (it dereferences to `[RouteStats]`) of one array shared
-/// by every tenant of a snapshot, so a snapshot of 100,000 tenants makes one allocation for
-/// their routes rather than one per tenant. Serialized as a plain JSON array.
+/// A tenant's [`RouteStats`] (it dereferences to `[RouteStats]`): a tenant's only route is
+/// kept inline, and the routes of tenants with several are a slice of one array shared by
+/// every tenant of a snapshot, so a snapshot of 100,000 tenants makes no allocation per tenant
+/// for their routes. Serialized as a plain JSON array.
 #[derive(Clone, Default)]
 pub struct Routes {
-    all: Option<Arc<Vec<RouteStats>>>,
+    /// The tenant's only route (then `all` is unused).
+    one: Option<RouteStats>,
+    /// Set once the snapshot's array is complete (each tenant gets its `Routes` as it is read,
+    /// so a snapshot makes one pass over its tenants).
+    all: Option<Arc<OnceLock<Vec<RouteStats>>>>,
     start: usize,
     len: usize,
 }
 
 impl Routes {
-    /// A tenant's `len` routes starting at `start` in `all` (an empty list when out of range).
-    pub(crate) fn shared(all: &Arc<Vec<RouteStats>>, start: usize, len: usize) -> Self {
-        if all.get(start..start.saturating_add(len)).is_some() {
-            Routes {
-                all: Some(Arc::clone(all)),
-                start,
-                len,
-            }
-        } else {
-            Routes::default()
+    /// A single route.
+    pub(crate) fn one(r: RouteStats) -> Self {
+        Routes {
+            one: Some(r),
+            ..Routes::default()
+        }
+    }
+
+    /// A tenant's `len` routes starting at `start` in `all` (an empty list until `all` is set,
+    /// or when out of range).
+    pub(crate) fn pending(all: &Arc<OnceLock<Vec<RouteStats>>>, start: usize, len: usize) -> Self {
+        Routes {
+            one: None,
+            all: Some(Arc::clone(all)),
+            start,
+            len,
         }
     }
 }
@@ -268,18 +282,28 @@ impl Routes {
 impl std::ops::Deref for Routes {
     type Target = [RouteStats];
     fn deref(&self) -> &[RouteStats] {
+        if let Some(r) = &self.one {
+            return std::slice::from_ref(r);
+        }
         self.all
             .as_deref()
+            .and_then(OnceLock::get)
             .and_then(|a| a.get(self.start..self.start.saturating_add(self.len)))
             .unwrap_or_default()
     }
 }
 
 impl From<Vec<RouteStats>> for Routes {
-    fn from(v: Vec<RouteStats>) -> Self {
+    fn from(mut v: Vec<RouteStats>) -> Self {
+        if v.len() == 1 {
+            if let Some(r) = v.pop() {
+                return Routes::one(r);
+            }
+        }
         let len = v.len();
         Routes {
-            all: Some(Arc::new(v)),
+            one: None,
+            all: Some(Arc::new(OnceLock::from(v))),
             start: 0,
             len,
         }
