@@ -243,8 +243,9 @@ struct SessionState {
     steps: u64,
     /// A granted approval held while the session stays on this tier (`while_on_tier`).
     grant: Option<(ApprovalTicket, u32)>,
-    /// The session's budget state, held so the budget check and charge skip the lookups by id.
-    budget: Option<crate::trigger::BudgetHandle>,
+    /// The session's budget state, held so the budget check and charge skip the lookups by id
+    /// (shared: copying the session state per call is one reference count, not three).
+    budget: Option<Arc<crate::trigger::BudgetHandle>>,
 }
 
 const SHARDS: usize = 32;
@@ -279,12 +280,17 @@ impl Sessions {
     }
 
     fn update(&self, s: &SessionId, f: impl FnOnce(&mut SessionState)) {
-        f(self.shard(s).lock().entry(s.clone()).or_default());
+        let mut map = self.shard(s).lock();
+        // The id is cloned (a reference count) only for a session not yet held.
+        match map.get_mut(s) {
+            Some(st) => f(st),
+            None => f(map.entry(s.clone()).or_default()),
+        }
     }
 
     /// Keeps a budget handle with a session this replica already holds (never creates one: an
     /// absent session is read from the checkpoint store on its next call).
-    fn keep_budget(&self, s: &SessionId, h: crate::trigger::BudgetHandle) {
+    fn keep_budget(&self, s: &SessionId, h: Arc<crate::trigger::BudgetHandle>) {
         if let Some(st) = self.shard(s).lock().get_mut(s) {
             st.budget = Some(h);
         }
@@ -909,8 +915,8 @@ where
                         if let Some(w) = &call.workflow {
                             scope = scope.workflow(w);
                         }
-                        let h = inner.evaluator.budget_handle(&scope, now);
-                        inner.sessions.keep_budget(sid, h.clone());
+                        let h = Arc::new(inner.evaluator.budget_handle(&scope, now));
+                        inner.sessions.keep_budget(sid, Arc::clone(&h));
                         h
                     }));
                 }
@@ -1091,7 +1097,7 @@ where
                     &attempts,
                     r.now,
                     context.clone(),
-                    pre.budget.as_ref(),
+                    pre.budget.as_deref(),
                 )
                 .await;
             if let Err(e) = &result {
@@ -2500,7 +2506,7 @@ struct Preflight {
     /// The granted approval this call's switch rests on.
     approved_ticket: Option<ApprovalTicket>,
     /// The session's budget handle, when its view has a budget.
-    budget: Option<crate::trigger::BudgetHandle>,
+    budget: Option<Arc<crate::trigger::BudgetHandle>>,
 }
 
 /// A routed attempt and the policy it was decided under.
