@@ -911,7 +911,9 @@ where
                     // there), so the handle is not cloned twice per call.
                     let held = pre.session.as_mut().and_then(|s| s.budget.take());
                     pre.budget = Some(held.unwrap_or_else(|| {
-                        let mut scope = BudgetScope::tenant(&call.tenant).session(sid);
+                        // Named by the policy set's own tenant id, as the router's context is
+                        // (below): the budget check then recognises the handle by address.
+                        let mut scope = BudgetScope::tenant(tp.handle().tenant()).session(sid);
                         if let Some(w) = &call.workflow {
                             scope = scope.workflow(w);
                         }
@@ -939,11 +941,16 @@ where
             } {
                 ctx = ctx.deadline(d);
             }
+            // The session and workflow by the budget handle's own ids when they are the same
+            // (the handle is kept per session; a session's calls may name another workflow), so
+            // the guardrail check recognises the handle by address and reads no cell.
+            let held = pre.budget.as_deref();
             if let Some(s) = &call.session {
-                ctx = ctx.session(s);
+                ctx = ctx.session(held.and_then(|h| h.session()).unwrap_or(s));
             }
             if let Some(w) = &call.workflow {
-                ctx = ctx.workflow(w);
+                let own = held.and_then(|h| h.workflow()).filter(|hw| *hw == w);
+                ctx = ctx.workflow(own.unwrap_or(w));
             }
             if let Some((tier, since)) = pre.session.as_ref().and_then(|s| s.tier) {
                 ctx = ctx.on_tier(tier, since);

@@ -184,9 +184,12 @@ pub struct BudgetHandle {
     tenant: Arc<TenantCell>,
     session: Option<Arc<TotalCell<SessionId>>>,
     workflow: Option<Arc<TotalCell<WorkflowId>>>,
-    /// What the fast check needs, copied out of the cells so it reads none of them: the
-    /// addresses of the cells' own ids (an id of the same address is the same shared string,
-    /// which the cell keeps alive) and the tenant's headroom entry.
+    /// The ids it was asked for (shared strings, kept alive here): a caller that names the
+    /// scope with these ([`BudgetHandle::tenant`], [`BudgetHandle::session`]) is recognised by
+    /// address, reading no cell.
+    ids: (TenantId, Option<SessionId>, Option<WorkflowId>),
+    /// What the fast check needs: the addresses of those ids' text and the tenant's headroom
+    /// entry.
     tenant_addr: usize,
     session_addr: Option<usize>,
     workflow_addr: Option<usize>,
@@ -198,19 +201,19 @@ impl BudgetHandle {
     /// The tenant this handle is for.
     #[must_use]
     pub fn tenant(&self) -> &TenantId {
-        &self.tenant.id
+        &self.ids.0
     }
 
     /// The session this handle is for, if any.
     #[must_use]
     pub fn session(&self) -> Option<&SessionId> {
-        self.session.as_ref().map(|s| &s.id)
+        self.ids.1.as_ref().filter(|_| self.session.is_some())
     }
 
     /// The workflow this handle is for, if any.
     #[must_use]
     pub fn workflow(&self) -> Option<&WorkflowId> {
-        self.workflow.as_ref().map(|w| &w.id)
+        self.ids.2.as_ref().filter(|_| self.workflow.is_some())
     }
 }
 
@@ -562,6 +565,7 @@ impl BudgetStore {
                 c
             }
         };
+        let (session_id, workflow_id) = (session, workflow);
         {
             let mut st = cell.state.lock();
             st.last_seen = st.last_seen.max(now);
@@ -583,9 +587,10 @@ impl BudgetStore {
             });
             drop(st);
             BudgetHandle {
-                tenant_addr: addr(cell.id.as_str()),
-                session_addr: session.as_ref().map(|c| addr(c.id.as_str())),
-                workflow_addr: workflow.as_ref().map(|c| addr(c.id.as_str())),
+                ids: (tenant.clone(), session_id.cloned(), workflow_id.cloned()),
+                tenant_addr: addr(tenant.as_str()),
+                session_addr: session_id.map(|s| addr(s.as_str())),
+                workflow_addr: workflow_id.map(|w| addr(w.as_str())),
                 slot: cell.slot,
                 epoch: cell.epoch,
                 tenant: cell,
