@@ -984,6 +984,32 @@ mod tests {
     }
 
     #[test]
+    fn a_scope_named_by_the_handles_own_ids_takes_the_index() {
+        let store = BudgetStore::default();
+        // The cells are made by a caller with its own copies of the ids...
+        store.charge(
+            &scope(&TenantId::new("a"), Some(&SessionId::new("s"))),
+            &hourly(10.0),
+            0.1,
+            0,
+        );
+        // ...and a handle asked for with other copies of the same text keeps those.
+        let (a, s) = (TenantId::new("a"), SessionId::new("s"));
+        let h = store.handle(&a, Some(&s), None, 1);
+        assert!(std::ptr::eq(h.tenant().as_str(), a.as_str()));
+        assert!(
+            h.session()
+                .is_some_and(|x| std::ptr::eq(x.as_str(), s.as_str()))
+        );
+        let by_own_ids = Scope {
+            handle: Some(&h),
+            ..scope(h.tenant(), h.session())
+        };
+        assert!(store.clear_by_handle(&by_own_ids, &hourly(10.0)));
+        assert_eq!(store.spend(&by_own_ids, 2).session_usd, 0.1);
+    }
+
+    #[test]
     fn bounds_never_round_down() {
         for usd in [
             0.0,
