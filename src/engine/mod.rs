@@ -1205,9 +1205,11 @@ where
         let inner = &*self.inner;
         let finished = inner.clock.now();
         let cost = ep.pricing.cost(usage.input_tokens, usage.output_tokens);
+        // Named by the budget handle's own ids where it has them (the same text), as the route
+        // was, so the charge recognises the handle without reading its cells' ids.
         let mut obs = Observation::new(
             route.endpoint,
-            &call.tenant,
+            budget.map_or(&call.tenant, |h| h.tenant()),
             class,
             started,
             finished.duration_since(started),
@@ -1219,10 +1221,15 @@ where
             obs = obs.classified(c);
         }
         if let Some(s) = &call.session {
-            obs = obs.session(s);
+            obs = obs.session(budget.and_then(|h| h.session()).unwrap_or(s));
         }
         if let Some(w) = &call.workflow {
-            obs = obs.workflow(w);
+            obs = obs.workflow(
+                budget
+                    .and_then(|h| h.workflow())
+                    .filter(|hw| *hw == w)
+                    .unwrap_or(w),
+            );
         }
         if let Some(p) = route.probe {
             obs = obs.probe(p);

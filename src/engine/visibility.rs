@@ -612,18 +612,16 @@ mod tracing_span {
 
         /// Records how a call or stream ended, in one `record` call: each `None` is left as
         /// it was.
-        #[allow(clippy::too_many_arguments)]
-        fn end(
-            &self,
-            span: &tracing::Span,
-            outcome: &str,
-            served: Option<(u32, &str, &str, bool)>,
-            attempts: Option<u32>,
-            usage: Option<(u64, u64)>,
-            error_type: Option<&str>,
-            reason: Option<&str>,
-            tier: Option<u32>,
-        ) {
+        fn end(&self, span: &tracing::Span, e: &End<'_>) {
+            let End {
+                outcome,
+                served,
+                attempts,
+                usage,
+                error_type,
+                reason,
+                tier,
+            } = *e;
             let tier = served.map(|s| s.0).or(tier);
             let (tier_name, endpoint, degraded) = served.map(|s| (s.1, s.2, s.3)).unzip3();
             let (input, output) = usage.unzip();
@@ -645,6 +643,46 @@ mod tracing_span {
                 ),
                 (&self.reason, reason.as_ref().map(|v| v as &dyn Value)),
             ]));
+        }
+    }
+
+    /// How a call or stream ended, for [`CallFields::end`]: `None` leaves a field as it was.
+    #[derive(Clone, Copy, Default)]
+    struct End<'a> {
+        outcome: &'a str,
+        /// Tier, tier name, endpoint, degraded.
+        served: Option<(u32, &'a str, &'a str, bool)>,
+        attempts: Option<u32>,
+        /// Input and output tokens.
+        usage: Option<(u64, u64)>,
+        error_type: Option<&'a str>,
+        reason: Option<&'a str>,
+        /// The tier proposed (when nothing served).
+        tier: Option<u32>,
+    }
+
+    impl<'a> End<'a> {
+        fn rejected(self, r: &'a super::super::Rejection) -> Self {
+            End {
+                error_type: Some(super::reject_name(r.kind)),
+                reason: r.reason.as_ref().map(|x| x.kind.as_str()),
+                ..self
+            }
+        }
+
+        fn suspended(self) -> Self {
+            End {
+                reason: Some("suspended"),
+                ..self
+            }
+        }
+
+        fn awaiting(self, proposed_tier: u32) -> Self {
+            End {
+                reason: Some("approval_required"),
+                tier: Some(proposed_tier),
+                ..self
+            }
         }
     }
 
@@ -720,119 +758,51 @@ mod tracing_span {
     pub(crate) fn record_stream_result(span: &tracing::Span, end: &StreamEnd) {
         use super::super::StreamOutcome as S;
         let Some(f) = fields_of(span) else { return };
-        let usage = Some((end.usage.input_tokens, end.usage.output_tokens));
-        let attempts = Some(end.attempts);
-        let outcome = end.outcome_name();
-        match &end.outcome {
-            S::Completed(c) => f.end(
-                span,
-                outcome,
-                Some(served(&c.served_by, c.degraded)),
-                attempts,
-                usage,
-                None,
-                None,
-                None,
-            ),
-            S::Interrupted(i) => f.end(
-                span,
-                outcome,
-                Some(served(&i.served_by, i.degraded)),
-                attempts,
-                usage,
-                Some(i.error.class().as_str()),
-                None,
-                None,
-            ),
-            S::Rejected(r) => f.end(
-                span,
-                outcome,
-                None,
-                attempts,
-                usage,
-                Some(super::reject_name(r.kind)),
-                r.reason.as_ref().map(|x| x.kind.as_str()),
-                None,
-            ),
-            S::Suspended { .. } => f.end(
-                span,
-                outcome,
-                None,
-                attempts,
-                usage,
-                None,
-                Some("suspended"),
-                None,
-            ),
-            S::AwaitingApproval { proposed_tier, .. } => f.end(
-                span,
-                outcome,
-                None,
-                attempts,
-                usage,
-                None,
-                Some("approval_required"),
-                Some(*proposed_tier),
-            ),
-        }
+        let base = End {
+            outcome: end.outcome_name(),
+            attempts: Some(end.attempts),
+            usage: Some((end.usage.input_tokens, end.usage.output_tokens)),
+            ..End::default()
+        };
+        let e = match &end.outcome {
+            S::Completed(c) => End {
+                served: Some(served(&c.served_by, c.degraded)),
+                ..base
+            },
+            S::Interrupted(i) => End {
+                served: Some(served(&i.served_by, i.degraded)),
+                error_type: Some(i.error.class().as_str()),
+                ..base
+            },
+            S::Rejected(r) => base.rejected(r),
+            S::Suspended { .. } => base.suspended(),
+            S::AwaitingApproval { proposed_tier, .. } => base.awaiting(*proposed_tier),
+        };
+        f.end(span, &e);
     }
 
     /// Records how the call ended.
     pub(super) fn record_result<O>(span: &tracing::Span, result: &CallResult<O>) {
         let Some(f) = fields_of(span) else { return };
-        let outcome = result.outcome();
-        match result {
-            CallResult::Completed(c) => f.end(
-                span,
-                outcome,
-                Some((
-                    c.served_by.tier,
-                    &*c.served_by.tier_name,
-                    c.served_by.endpoint.as_str(),
-                    c.degraded,
-                )),
-                Some(c.attempts),
-                Some((
+        let base = End {
+            outcome: result.outcome(),
+            ..End::default()
+        };
+        let e = match result {
+            CallResult::Completed(c) => End {
+                served: Some(served(&c.served_by, c.degraded)),
+                attempts: Some(c.attempts),
+                usage: Some((
                     c.response.usage.input_tokens,
                     c.response.usage.output_tokens,
                 )),
-                None,
-                None,
-                None,
-            ),
-            CallResult::Rejected(r) => f.end(
-                span,
-                outcome,
-                None,
-                None,
-                None,
-                Some(super::reject_name(r.kind)),
-                r.reason.as_ref().map(|x| x.kind.as_str()),
-                None,
-            ),
-            CallResult::Suspended { .. } => {
-                f.end(
-                    span,
-                    outcome,
-                    None,
-                    None,
-                    None,
-                    None,
-                    Some("suspended"),
-                    None,
-                );
-            }
-            CallResult::AwaitingApproval { proposed_tier, .. } => f.end(
-                span,
-                outcome,
-                None,
-                None,
-                None,
-                None,
-                Some("approval_required"),
-                Some(*proposed_tier),
-            ),
-        }
+                ..base
+            },
+            CallResult::Rejected(r) => base.rejected(r),
+            CallResult::Suspended { .. } => base.suspended(),
+            CallResult::AwaitingApproval { proposed_tier, .. } => base.awaiting(*proposed_tier),
+        };
+        f.end(span, &e);
     }
 }
 

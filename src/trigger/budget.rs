@@ -215,6 +215,33 @@ impl BudgetHandle {
     pub fn workflow(&self) -> Option<&WorkflowId> {
         self.ids.2.as_ref().filter(|_| self.workflow.is_some())
     }
+
+    /// Whether the handle covers these ids (a part not asked for always matches; a part asked
+    /// for that the handle lacks never does). Ids are compared by address first, so a caller
+    /// naming the scope with the handle's own ids reads no string.
+    fn is_for(
+        &self,
+        tenant: &TenantId,
+        session: Option<&SessionId>,
+        workflow: Option<&WorkflowId>,
+    ) -> bool {
+        fn part(held: Option<&str>, id: Option<&str>) -> bool {
+            match (held, id) {
+                (Some(h), Some(id)) => same(h, id),
+                (_, None) => true,
+                (None, Some(_)) => false,
+            }
+        }
+        same(self.ids.0.as_str(), tenant.as_str())
+            && part(
+                self.session().map(SessionId::as_str),
+                session.map(SessionId::as_str),
+            )
+            && part(
+                self.workflow().map(WorkflowId::as_str),
+                workflow.map(WorkflowId::as_str),
+            )
+    }
 }
 
 /// The address of a string's bytes (for identity, never dereferenced).
@@ -412,15 +439,6 @@ fn same(stored: &str, wanted: &str) -> bool {
     std::ptr::eq(stored, wanted) || stored == wanted
 }
 
-/// Whether an optional handle part matches an optional id.
-fn matches<K: AsRef<str>>(cell: Option<&Arc<TotalCell<K>>>, id: Option<&K>) -> bool {
-    match (cell, id) {
-        (Some(c), Some(id)) => same(c.id.as_ref(), id.as_ref()),
-        (_, None) => true,
-        (None, Some(_)) => false,
-    }
-}
-
 /// Gives memory back once a table is mostly empty (not on every eviction, so a table that
 /// shrinks and grows again does not reallocate each time).
 fn shrink_if_sparse<T>(table: &mut HashTable<T>, hash: impl Fn(&T) -> u64) {
@@ -614,10 +632,7 @@ impl BudgetStore {
             .is_some()
             .then_some(scope.workflow)
             .flatten();
-        if !same(h.tenant.id.as_str(), scope.tenant.as_str())
-            || !matches(h.session.as_ref(), wants_session)
-            || !matches(h.workflow.as_ref(), wants_workflow)
-        {
+        if !h.is_for(scope.tenant, wants_session, wants_workflow) {
             return false;
         }
         // Start fetching the session's and workflow's cells (scattered, likely not in cache)
@@ -713,10 +728,7 @@ impl BudgetStore {
 
     fn spend_by_handle(&self, scope: &Scope<'_>, now: u64) -> Option<Spend> {
         let h = scope.handle?;
-        if !same(h.tenant.id.as_str(), scope.tenant.as_str())
-            || !matches(h.session.as_ref(), scope.session)
-            || !matches(h.workflow.as_ref(), scope.workflow)
-        {
+        if !h.is_for(scope.tenant, scope.session, scope.workflow) {
             return None;
         }
         let mut st = h.tenant.state.lock();
