@@ -507,6 +507,8 @@ where
     }
 
     /// After a served call: the fitted flag, the checkpoint cadence, and the replay log.
+    /// `steps`: the session's step count after this call (counted by `complete`), 0 when this
+    /// call began no new step.
     pub(super) async fn after_step(
         &self,
         call: &Call<P>,
@@ -515,19 +517,13 @@ where
         context: Option<Arc<AgentState>>,
         text: Option<String>,
         fitted: bool,
+        steps: u64,
     ) {
         let CallResult::Completed(done) = result else {
             return;
         };
         done.flags.fitted_context |= fitted;
         let Some(sid) = &call.session else { return };
-        let mut steps = 0;
-        if call.new_step {
-            self.inner.sessions.update(sid, |s| {
-                s.steps = s.steps.saturating_add(1);
-                steps = s.steps;
-            });
-        }
         let every = u64::from(r.view.continuity.checkpoint.every_steps);
         if every > 0 && steps > 0 && steps % every == 0 {
             if let Some(state) = call.checkpoint_state() {

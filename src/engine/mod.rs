@@ -1130,6 +1130,7 @@ where
                         && r.view.recovery.replay != Replay::None)
                         .then(|| self.inner.client.output_text(&response.output))
                         .flatten();
+                    let mut steps = 0;
                     let mut result = self
                         .complete(
                             call,
@@ -1140,9 +1141,10 @@ where
                             Some(&pre),
                             &attempts,
                             &mut audit_seqs,
+                            Some(&mut steps),
                         )
                         .await;
-                    self.after_step(call, &r, &mut result, context, text, fitted)
+                    self.after_step(call, &r, &mut result, context, text, fitted, steps)
                         .await;
                     return result;
                 }
@@ -1387,6 +1389,7 @@ where
         pre: Option<&Preflight>,
         attempts: &[Attempt],
         audit_seqs: &mut Vec<u64>,
+        step: Option<&mut u64>,
     ) -> CallResult<R> {
         let inner = &*self.inner;
         let session = pre.and_then(|p| p.session.as_ref());
@@ -1505,9 +1508,18 @@ where
         }
         if let Some(sid) = &call.session {
             let tier = route.tier;
+            // One visit to the session's shard: its tier and, when asked (`step`), the step count
+            // the checkpoint cadence reads.
+            let count = call.new_step;
             inner.sessions.update(sid, |s| {
                 if s.tier.is_none_or(|(t, _)| t != tier) {
                     s.tier = Some((tier, now));
+                }
+                if let Some(step) = step {
+                    if count {
+                        s.steps = s.steps.saturating_add(1);
+                        *step = s.steps;
+                    }
                 }
             });
         }

@@ -289,6 +289,7 @@ where
                     Some(&pre),
                     &[],
                     &mut audit_seqs,
+                    None,
                 )
                 .await
             }
@@ -385,6 +386,7 @@ where
                             Some(&pre),
                             &[],
                             &mut audit_seqs,
+                            None,
                         )
                         .await;
                 }
@@ -465,6 +467,7 @@ where
                     Some(&pre),
                     &attempts,
                     &mut audit_seqs,
+                    None,
                 )
                 .await
             }

@@ -629,6 +629,7 @@ where
                         self.pre.as_ref(),
                         &self.attempts,
                         &mut self.audit_seqs,
+                        None,
                     )
                     .await;
                 return Some(outcome_of(r, finish, self.degraded));
