@@ -64,7 +64,7 @@ pub use decision::{
 
 use crate::catalog::{CapabilityGap, Catalog, EndpointIdx};
 use crate::clock::Timestamp;
-use crate::id::EndpointId;
+use crate::id::{EndpointId, SessionId, fnv};
 use crate::policy::{
     BudgetRule, Exhausted, Herd, Notification, PolicyStore, PromotionMode, RoutingView, Selection,
     TenantPolicy,
@@ -207,12 +207,6 @@ fn splitmix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// The part of an approval ticket's key that names the policy view (its digest).
@@ -537,10 +531,10 @@ impl TierRouter {
                     bits &= bits - 1;
                 }
             };
-            let key = ctx.session.map_or_else(
-                || fnv(ctx.tenant.as_str().as_bytes()),
-                |s| fnv(s.as_str().as_bytes()),
-            );
+            // The session's key is kept with its id: its text is not read.
+            let key = ctx
+                .session
+                .map_or_else(|| fnv(ctx.tenant.as_str().as_bytes()), SessionId::key);
             let r =
                 splitmix(self.seed ^ key ^ (ctx.attempts.len() as u64) ^ (now.as_millis() / 1000));
             let (a, b) = (pick(r), pick(splitmix(r)));
@@ -751,9 +745,7 @@ impl TierRouter {
                 && ctx.approved_to.is_none_or(|a| a < i);
             if needs_approval {
                 let key = fnv(ctx.tenant.as_str().as_bytes())
-                    ^ ctx
-                        .session
-                        .map_or(0, |s| fnv(s.as_str().as_bytes()).rotate_left(17))
+                    ^ ctx.session.map_or(0, |s| s.key().rotate_left(17))
                     ^ digest_key().rotate_left(31)
                     ^ (u64::from(from) << 32 | u64::from(i));
                 return Decision::AwaitApproval {
