@@ -727,10 +727,11 @@ impl RouteFixture {
         }
     }
 
-    /// Opens the breaker of every template's primary endpoints (five `overloaded` in a row).
-    fn open_primaries(&self) {
+    /// Opens the breaker of every template's primary endpoints (five `overloaded` in a row) at
+    /// `now`: the virtual time of the calls that follow (the hot-tenant bench moves it on by
+    /// hours), so the breakers stay open for them.
+    fn open_primaries(&self, now: Timestamp) {
         let ops = TenantId::new("ops");
-        let now = Timestamp::from_millis(T0);
         for &e in &self.primaries {
             for _ in 0..5 {
                 let obs = Observation::new(e, &ops, OutcomeClass::Overloaded, now, Duration::ZERO);
@@ -836,7 +837,7 @@ fn route_group<M: Measurement>(c: &mut Criterion<M>, f: &RouteFixture, suffix: &
         });
     });
     // Degraded last: it opens the primaries' breakers for the rest of the run.
-    f.open_primaries();
+    f.open_primaries(RouteFixture::now(i));
     match f.route(i + 1, true) {
         Decision::Route(r) if r.tier == 1 => {}
         other => panic!("degraded fixture: expected tier 1, got {other:?}"),
