@@ -251,6 +251,10 @@ impl TierRouter {
     /// (or with one from before a reload, or for another tenant), by hashing its id.
     #[must_use]
     pub fn route(&self, ctx: &CallContext<'_>, now: Timestamp) -> Decision {
+        // The budget check's entry loads while the tenant's routing is found.
+        if let Some(h) = ctx.budget {
+            self.evaluator.prefetch_budget_check(h);
+        }
         let set = self.policies.load();
         let routing = match ctx
             .handle

@@ -618,6 +618,28 @@ impl BudgetStore {
         }
     }
 
+    /// Starts loading what a charge through `h` will touch — the tenant's cell, its session's
+    /// and workflow's, and its headroom entry: scattered, and on a platform with many tenants
+    /// likely not in cache. Called first thing by an observation, so the misses overlap each
+    /// other (and the observation's endpoint work) instead of following one another: a locked
+    /// instruction waits for every earlier load, so each lock taken on a cold cell would
+    /// otherwise cost one full memory round trip after the last.
+    pub(crate) fn prefetch(&self, h: &BudgetHandle) {
+        self.headroom.touch(h.slot);
+        std::hint::black_box(h.tenant.state.is_locked());
+        if let Some(c) = &h.session {
+            std::hint::black_box(c.state.is_locked());
+        }
+        if let Some(c) = &h.workflow {
+            std::hint::black_box(c.state.is_locked());
+        }
+    }
+
+    /// Starts loading the headroom entry a check through `h` reads.
+    pub(crate) fn prefetch_check(&self, h: &BudgetHandle) {
+        self.headroom.touch(h.slot);
+    }
+
     /// Charges through a handle; `false` when the handle cannot be used (mismatch, evicted, or
     /// missing a part the charge needs) and nothing was charged.
     fn charge_by_handle(&self, scope: &Scope<'_>, budget: &Budget, usd: f64, now: u64) -> bool {
@@ -635,16 +657,7 @@ impl BudgetStore {
         if !h.is_for(scope.tenant, wants_session, wants_workflow) {
             return false;
         }
-        // Start fetching the session's and workflow's cells (scattered, likely not in cache)
-        // before the tenant's lock is taken, so the misses overlap instead of following each
-        // other.
-        self.headroom.touch(h.slot);
-        if let Some(c) = wants_session.and(h.session.as_ref()) {
-            std::hint::black_box(c.state.is_locked());
-        }
-        if let Some(c) = wants_workflow.and(h.workflow.as_ref()) {
-            std::hint::black_box(c.state.is_locked());
-        }
+        // (The evaluator has started loading the cells: `prefetch`.)
         // Lock order as everywhere: tenant, then session, then workflow.
         let mut st = h.tenant.state.lock();
         let mut ss = wants_session

@@ -606,6 +606,9 @@ impl TriggerEvaluator {
     /// [`TriggerError::UnknownEndpoint`]; [`TriggerError::InvalidCost`] for a negative or
     /// non-finite cost (then nothing is recorded).
     pub fn observe(&self, obs: &Observation<'_>, now: Timestamp) -> Result<(), TriggerError> {
+        if let (Some(_), Some(h)) = (obs.budget, obs.budget_handle) {
+            self.budgets.prefetch(h);
+        }
         let cell = self.cell(obs.endpoint)?;
         if !(obs.cost_usd.is_finite() && obs.cost_usd >= 0.0) {
             return Err(TriggerError::InvalidCost {
@@ -1248,6 +1251,13 @@ impl TriggerEvaluator {
                     .then(|| f64::from_bits(hot.rl_tok.load(ACQ))),
             },
         })
+    }
+
+    /// Starts loading the headroom entry a budget check through `h` reads (scattered among
+    /// many tenants', so likely not in cache), for a caller with other work to do before the
+    /// check: the router, first thing in a route.
+    pub(crate) fn prefetch_budget_check(&self, h: &BudgetHandle) {
+        self.budgets.prefetch_check(h);
     }
 
     /// Whether the tenant, session or workflow of `scope` is at or over a budget guardrail of
