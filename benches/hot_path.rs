@@ -658,7 +658,12 @@ impl RouteFixture {
     /// The i-th call: a session on the tenant's top tier with requirements and a deadline;
     /// `by_handle`: with the tenant and budget handles an engine keeps per session.
     fn ctx(&self, i: u64, by_handle: bool) -> (usize, CallContext<'_>) {
-        let k = self.order[(i as usize) % TENANTS] as usize;
+        self.ctx_of(i, i, by_handle)
+    }
+
+    /// The call of the `slot`-th tenant in the shuffled order at the i-th call's time.
+    fn ctx_of(&self, slot: u64, i: u64, by_handle: bool) -> (usize, CallContext<'_>) {
+        let k = self.order[(slot as usize) % TENANTS] as usize;
         let now = Self::now(i);
         let caller = &self.callers[k];
         let mut c = CallContext::new(&caller.tenant, &self.task);
@@ -689,7 +694,12 @@ impl RouteFixture {
 
     /// Routes the i-th call and reports its (successful) outcome, as an engine does.
     fn route_observe(&self, i: u64, by_handle: bool) {
-        let (k, c) = self.ctx(i, by_handle);
+        self.route_observe_of(i, i, by_handle);
+    }
+
+    /// Routes and observes the call of the `slot`-th tenant at the i-th call's time.
+    fn route_observe_of(&self, slot: u64, i: u64, by_handle: bool) {
+        let (k, c) = self.ctx_of(slot, i, by_handle);
         let now = Self::now(i);
         let caller = &self.callers[k];
         if let Decision::Route(r) = self.router.route(black_box(&c), now) {
@@ -798,6 +808,17 @@ fn route_group<M: Measurement>(c: &mut Criterion<M>, f: &RouteFixture, suffix: &
         b.iter(|| {
             i = i.wrapping_add(1);
             f.route_observe(i, true);
+        });
+    });
+    // The same for one hot tenant (a budget tenant, so the charge is included) with time
+    // moving as above: the computation alone, its memory staying in cache.
+    let hot = (0..TENANTS as u64)
+        .find(|&s| f.budgets[f.order[s as usize] as usize].is_some())
+        .expect("a tenant with a budget");
+    g.bench_function("route_and_observe_one_hot_tenant", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            f.route_observe_of(hot, i, true);
         });
     });
     g.bench_function("route_and_observe_by_id", |b| {

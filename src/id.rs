@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, c);
         assert_eq!(c.key(), a.key());
-        assert_eq!(serde_json::to_string(&c).expect("json"), "\"session-000042\"");
+        assert_eq!(
+            serde_json::to_string(&c).expect("json"),
+            "\"session-000042\""
+        );
         assert_ne!(a, SessionId::new("session-000043"));
         // Hashing is the text's: a map keyed by ids is looked up by `&str`.
         let mut m = HashMap::new();
@@ -244,6 +247,9 @@ mod tests {
         let set: BTreeSet<SessionId> = ["b", "a", "c"].into_iter().map(SessionId::new).collect();
         let order: Vec<&str> = set.iter().map(SessionId::as_str).collect();
         assert_eq!(order, ["a", "b", "c"]);
-        assert_eq!(format!("{a:>16}|{a:?}"), "  session-000042|\"session-000042\"");
+        assert_eq!(
+            format!("{a:>16}|{a:?}"),
+            "  session-000042|\"session-000042\""
+        );
     }
 }

@@ -186,13 +186,9 @@ pub struct BudgetHandle {
     workflow: Option<Arc<TotalCell<WorkflowId>>>,
     /// The ids it was asked for (shared strings, kept alive here): a caller that names the
     /// scope with these ([`BudgetHandle::tenant`], [`BudgetHandle::session`]) is recognised by
-    /// address, reading no cell.
+    /// the address of their text, reading neither the text nor any cell.
     ids: (TenantId, Option<SessionId>, Option<WorkflowId>),
-    /// What the fast check needs: the addresses of those ids' text and the tenant's headroom
-    /// entry.
-    tenant_addr: usize,
-    session_addr: Option<usize>,
-    workflow_addr: Option<usize>,
+    /// The tenant's headroom entry and its generation.
     slot: u32,
     epoch: u32,
 }
@@ -249,11 +245,11 @@ fn addr(s: &str) -> usize {
     s.as_ptr().addr()
 }
 
-/// Whether an optional handle part is, by address, the optional id (`None` when it cannot tell
-/// without reading the cell).
-fn same_addr(cell: Option<usize>, id: Option<&str>) -> bool {
-    match (cell, id) {
-        (Some(c), Some(id)) => c == addr(id),
+/// Whether an optional handle part is, by address, the optional id (a part not asked for
+/// always matches; a part asked for that the handle lacks never does). Reads neither text.
+fn same_addr(held: Option<&str>, id: Option<&str>) -> bool {
+    match (held, id) {
+        (Some(h), Some(id)) => addr(h) == addr(id),
         (_, None) => true,
         (None, Some(_)) => false,
     }
@@ -606,9 +602,6 @@ impl BudgetStore {
             drop(st);
             BudgetHandle {
                 ids: (tenant.clone(), session_id.cloned(), workflow_id.cloned()),
-                tenant_addr: addr(tenant.as_str()),
-                session_addr: session_id.map(|s| addr(s.as_str())),
-                workflow_addr: workflow_id.map(|w| addr(w.as_str())),
                 slot: cell.slot,
                 epoch: cell.epoch,
                 tenant: cell,
@@ -724,9 +717,15 @@ impl BudgetStore {
     /// at or over its limit), and the caller must check exactly.
     pub(crate) fn clear_by_handle(&self, scope: &Scope<'_>, budget: &Budget) -> bool {
         let Some(h) = scope.handle else { return false };
-        if h.tenant_addr != addr(scope.tenant.as_str())
-            || !same_addr(h.session_addr, scope.session.map(SessionId::as_str))
-            || !same_addr(h.workflow_addr, scope.workflow.map(WorkflowId::as_str))
+        if addr(h.ids.0.as_str()) != addr(scope.tenant.as_str())
+            || !same_addr(
+                h.session().map(SessionId::as_str),
+                scope.session.map(SessionId::as_str),
+            )
+            || !same_addr(
+                h.workflow().map(WorkflowId::as_str),
+                scope.workflow.map(WorkflowId::as_str),
+            )
         {
             return false;
         }
