@@ -509,6 +509,7 @@ where
     /// After a served call: the fitted flag, the checkpoint cadence, and the replay log.
     /// `steps`: the session's step count after this call (counted by `complete`), 0 when this
     /// call began no new step.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn after_step(
         &self,
         call: &Call<P>,
