@@ -617,13 +617,16 @@ impl BudgetStore {
     /// other (and the observation's endpoint work) instead of following one another: a locked
     /// instruction waits for every earlier load, so each lock taken on a cold cell would
     /// otherwise cost one full memory round trip after the last.
-    pub(crate) fn prefetch(&self, h: &BudgetHandle) {
+    /// Only the cells `budget` will charge are touched: a session cell that a budget without a
+    /// session limit never locks would be one more miss (and, with many tenants, one more
+    /// page walk) for nothing.
+    pub(crate) fn prefetch(&self, h: &BudgetHandle, budget: &Budget) {
         self.headroom.touch(h.slot);
         std::hint::black_box(h.tenant.state.is_locked());
-        if let Some(c) = &h.session {
+        if let (Some(c), Some(_)) = (&h.session, budget.session_usd) {
             std::hint::black_box(c.state.is_locked());
         }
-        if let Some(c) = &h.workflow {
+        if let (Some(c), Some(_)) = (&h.workflow, budget.workflow_usd) {
             std::hint::black_box(c.state.is_locked());
         }
     }
@@ -672,7 +675,7 @@ impl BudgetStore {
             t.last_seen = now;
         }
         self.headroom.update(
-            h.tenant.slot,
+            h.slot, // the cell's slot, copied into the handle
             &st,
             ss.as_ref().map(|t| t.usd),
             ws.as_ref().map(|t| t.usd),
@@ -760,7 +763,7 @@ impl BudgetStore {
         }
         let tenant_window_usd = st.window.as_mut().map_or(0.0, |r| r.spent(now));
         // Spend that left the window lowers the tenant's bound again.
-        self.headroom.update(h.tenant.slot, &st, None, None);
+        self.headroom.update(h.slot, &st, None, None);
         Some(Spend {
             tenant_window_usd,
             session_usd: ss.map_or(0.0, |s| s.usd),

@@ -606,8 +606,8 @@ impl TriggerEvaluator {
     /// [`TriggerError::UnknownEndpoint`]; [`TriggerError::InvalidCost`] for a negative or
     /// non-finite cost (then nothing is recorded).
     pub fn observe(&self, obs: &Observation<'_>, now: Timestamp) -> Result<(), TriggerError> {
-        if let (Some(_), Some(h)) = (obs.budget, obs.budget_handle) {
-            self.budgets.prefetch(h);
+        if let (Some(b), Some(h)) = (obs.budget, obs.budget_handle) {
+            self.budgets.prefetch(h, b);
         }
         let cell = self.cell(obs.endpoint)?;
         if !(obs.cost_usd.is_finite() && obs.cost_usd >= 0.0) {
