@@ -45,6 +45,9 @@ pub(crate) const SHARDS: usize = 64;
 pub(crate) const SPEND_SLICES: usize = 16;
 const RING: usize = SPEND_SLICES + 1;
 
+/// A tenant's rolling-window spend. `repr(C)`, and what a charge reads and writes first (the
+/// total, the head slot's spend, the window and the clock's width and head epoch), so that with
+/// the lock before it a charge touches one cache line of its tenant's cell.
 #[derive(Debug)]
 #[repr(C)]
 struct SpendRing {
@@ -52,25 +55,46 @@ struct SpendRing {
     /// Spend of the head slot not yet written into `slots`: a charge touches only the first
     /// cache line of the ring; the slot is written when the head moves on.
     head: f64,
+    /// The window in milliseconds (at least 1); 0 for a tenant no windowed budget was charged
+    /// to yet (the ring is then empty and never advanced).
+    window_ms: u64,
     clock: RingClock,
-    window: Duration,
     slots: [f64; RING],
 }
 
+/// A window in whole milliseconds, at least 1 (0 means "no window").
+fn window_ms(window: Duration) -> u64 {
+    u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 impl SpendRing {
+    /// No window yet.
+    const NONE: SpendRing = SpendRing {
+        total: 0.0,
+        head: 0.0,
+        window_ms: 0,
+        clock: RingClock::new(1, RING),
+        slots: [0.0; RING],
+    };
+
     fn new(window: Duration) -> Self {
-        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let ms = window_ms(window);
         SpendRing {
             clock: RingClock::new((ms / SPEND_SLICES as u64).max(1), RING),
             total: 0.0,
             head: 0.0,
-            window,
+            window_ms: ms,
             slots: [0.0; RING],
         }
     }
 
+    /// Whether a windowed budget was ever charged to it.
+    fn is_set(&self) -> bool {
+        self.window_ms != 0
+    }
+
     fn advance(&mut self, now: u64) {
-        if !self.clock.moves_at(now) {
+        if !self.is_set() || !self.clock.moves_at(now) {
             return;
         }
         if let Some(s) = self.slots.get_mut(self.clock.head()) {
@@ -119,26 +143,30 @@ struct Total {
     last_seen: u64,
 }
 
-/// One tenant's budget state. `repr(C)`, hot fields first: a charge through a handle touches
-/// the lock, the id and the ring's head within the allocation's first cache lines.
+/// One tenant's budget state. `repr(C)`, cache-line aligned, the state first: a charge through
+/// a handle reads and writes the lock, `last_seen`, `evicted` and the first fields of the ring
+/// (see [`SpendRing`]), all in the cell's first cache line, which an observation starts loading
+/// before its first lock (`prefetch`). With many tenants, that line is the charge's one cold
+/// access to the cell (a layout test checks the offsets).
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct TenantCell {
-    id: TenantId,
-    hash: u64,
+    state: Mutex<TenantState>,
     /// Its entry in the headroom index ([`NO_SLOT`] when the index was full).
     slot: u32,
     /// The entry's generation when it was given to this tenant.
     epoch: u32,
-    state: Mutex<TenantState>,
+    hash: u64,
+    id: TenantId,
 }
 
 #[derive(Debug)]
 #[repr(C)]
 struct TenantState {
-    evicted: bool,
     last_seen: u64,
-    window: Option<SpendRing>,
+    evicted: bool,
+    /// The rolling window ([`SpendRing::NONE`] until a windowed budget is charged).
+    window: SpendRing,
     sessions: HashTable<Arc<TotalCell<SessionId>>>,
     workflows: HashTable<Arc<TotalCell<WorkflowId>>>,
 }
@@ -388,10 +416,7 @@ impl Headroom {
     /// Refreshes a tenant's bounds (under the tenant's lock, so writers never race).
     fn update(&self, slot: u32, state: &TenantState, session: Option<f64>, workflow: Option<f64>) {
         let Some(e) = self.entry(slot) else { return };
-        e.tenant.store(
-            bound(state.window.as_ref().map_or(0.0, |r| r.total)),
-            Ordering::Relaxed,
-        );
+        e.tenant.store(bound(state.window.total), Ordering::Relaxed);
         let raise = |a: &AtomicU32, usd: Option<f64>| {
             if let Some(usd) = usd {
                 let b = bound(usd);
@@ -502,7 +527,7 @@ fn new_tenant(headroom: &Headroom, hash: u64, id: &TenantId, now: u64) -> Arc<Te
         state: Mutex::new(TenantState {
             evicted: false,
             last_seen: now,
-            window: None,
+            window: SpendRing::NONE,
             sessions: HashTable::new(),
             workflows: HashTable::new(),
         }),
@@ -511,15 +536,16 @@ fn new_tenant(headroom: &Headroom, hash: u64, id: &TenantId, now: u64) -> Arc<Te
 
 fn charge_ring(state: &mut TenantState, budget: &Budget, usd: f64, now: u64) {
     if let Some(wb) = &budget.tenant {
-        let ring = state
-            .window
-            .get_or_insert_with(|| SpendRing::new(wb.window));
-        if ring.window != wb.window {
-            // The policy changed the window: start a ring of the new shape that keeps counting
-            // what still counted (conservatively, for a whole new window).
+        let ring = &mut state.window;
+        if ring.window_ms != window_ms(wb.window) {
+            // The first windowed charge, or the policy changed the window: start a ring of the
+            // new shape that keeps counting what still counted (conservatively, for a whole new
+            // window; nothing for a new ring).
             let carried = ring.spent(now);
             *ring = SpendRing::new(wb.window);
-            ring.charge(carried, now);
+            if carried != 0.0 {
+                ring.charge(carried, now);
+            }
         }
         ring.charge(usd, now);
     }
@@ -761,7 +787,7 @@ impl BudgetStore {
         {
             return None;
         }
-        let tenant_window_usd = st.window.as_mut().map_or(0.0, |r| r.spent(now));
+        let tenant_window_usd = st.window.spent(now);
         // Spend that left the window lowers the tenant's bound again.
         self.headroom.update(h.slot, &st, None, None);
         Some(Spend {
@@ -778,7 +804,7 @@ impl BudgetStore {
         }
         self.with_tenant(scope.tenant, false, now, |cell| {
             let mut st = cell.state.lock();
-            let tenant_window_usd = st.window.as_mut().map_or(0.0, |r| r.spent(now));
+            let tenant_window_usd = st.window.spent(now);
             self.headroom.update(cell.slot, &st, None, None);
             let session_usd = scope
                 .session
@@ -875,7 +901,7 @@ impl BudgetStore {
                     }
                     !gone
                 });
-                let window_clear = st.window.as_mut().is_none_or(|r| r.spent(now) <= 0.0);
+                let window_clear = st.window.spent(now) <= 0.0;
                 let gone = idle(st.last_seen)
                     && window_clear
                     && st.sessions.is_empty()
@@ -908,6 +934,36 @@ impl BudgetStore {
 mod tests {
     use super::*;
     use crate::policy::{BudgetAction, WindowBudget};
+
+    /// A charge through a handle reads and writes only its tenant cell's first cache line
+    /// (after a first windowed charge; the ring's slots only when the head moves on).
+    #[test]
+    fn a_charge_touches_one_cache_line_of_its_tenant_cell() {
+        assert_eq!(std::mem::align_of::<TenantCell>(), 64);
+        let store = BudgetStore::default();
+        let t = TenantId::new("t");
+        store.charge(&scope(&t, None), &hourly(10.0), 1.0, 0);
+        let h = store.handle(&t, None, None, 0);
+        let cell: &TenantCell = &h.tenant;
+        let base = std::ptr::from_ref(cell).addr();
+        assert_eq!(base % 64, 0, "the cell starts a cache line");
+        let st = cell.state.lock();
+        let end = |p: usize, size: usize| p - base + size;
+        let touched = [
+            end(std::ptr::from_ref(&cell.state).addr(), 1),
+            end(std::ptr::from_ref(&st.last_seen).addr(), 8),
+            end(std::ptr::from_ref(&st.evicted).addr(), 1),
+            end(std::ptr::from_ref(&st.window.total).addr(), 8),
+            end(std::ptr::from_ref(&st.window.head).addr(), 8),
+            end(std::ptr::from_ref(&st.window.window_ms).addr(), 8),
+            // `RingClock` is `repr(C)` with `width` and `head_epoch` first (`moves_at`).
+            end(std::ptr::from_ref(&st.window.clock).addr(), 16),
+        ];
+        for (i, e) in touched.into_iter().enumerate() {
+            assert!(e <= 64, "field {i} ends at byte {e} of the cell");
+        }
+        assert_eq!(st.window.total, 1.0);
+    }
 
     fn hourly(limit: f64) -> Budget {
         Budget {

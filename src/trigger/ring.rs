@@ -6,21 +6,23 @@
 //! slot `t / width + len` begins. With `len = K + 1` and `width = window / K` that is at least
 //! `window` and at most `window + width` after `t`.
 
-/// Slot arithmetic for a ring of time buckets.
+/// Slot arithmetic for a ring of time buckets. `repr(C)`, what [`RingClock::moves_at`] reads
+/// (on every recorded value) first.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub(crate) struct RingClock {
     width: u64,
-    len: usize,
-    head: usize,
     head_epoch: u64,
+    head: usize,
+    len: usize,
 }
 
 impl RingClock {
     /// A ring of `len` (at least 1) slots of `width` (at least 1) ms each.
-    pub(crate) fn new(width: u64, len: usize) -> Self {
+    pub(crate) const fn new(width: u64, len: usize) -> Self {
         RingClock {
-            width: width.max(1),
-            len: len.max(1),
+            width: if width == 0 { 1 } else { width },
+            len: if len == 0 { 1 } else { len },
             head: 0,
             head_epoch: 0,
         }
