@@ -253,6 +253,8 @@ pub struct TenantStats {
 #[derive(Clone, Default)]
 pub struct Routes(pub(crate) RoutesRepr);
 
+// The route is inline on purpose: boxing it would be an allocation per tenant per snapshot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Default)]
 pub(crate) enum RoutesRepr {
     /// No route.
