@@ -792,8 +792,9 @@ mod tracing_span {
     /// creation, and only that (an absent session or workflow is left out): the other fields
     /// stay empty until recorded, once routed and once ended, one `record` call each.
     pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
+        // Disabled: `Span::none()`, as `info_span!` makes it (without `tracing`'s `log` feature).
         let Some(f) = FIELDS.as_ref().filter(|_| enabled()) else {
-            return tracing::Span::new_disabled(&META);
+            return tracing::Span::none();
         };
         let session = call.session.as_ref().map(crate::id::SessionId::as_str);
         let workflow = call.workflow.as_ref().map(crate::id::WorkflowId::as_str);
