@@ -507,16 +507,72 @@ pub(crate) use tracing_span::{call_span, record_stream_result};
 
 #[cfg(feature = "tracing")]
 mod tracing_span {
-    use std::sync::OnceLock;
+    use std::sync::LazyLock;
 
     use super::super::{Call, CallResult, StreamEnd};
-    use tracing::field::{Empty, Field, FieldSet, Value};
+    use tracing::field::{Field, FieldSet, Value};
+    use tracing::{Level, Metadata};
+    use tracing_core::Kind;
+    use tracing_core::callsite::DefaultCallsite;
 
-    /// The call span's fields recorded after it is created, looked up by name once per process
-    /// (`Span::record` by name scans the span's 25 field names on every call). The span has one
-    /// callsite, so these are the same `Field`s for every call's span.
+    /// The call span's fields. Field names follow the OpenTelemetry GenAI semantic conventions
+    /// where one applies (`gen_ai.*`, `error.type`); the rest are `downshift.*`. Never the
+    /// payload, the prompt or the output.
+    const NAMES: &[&str] = &[
+        "otel.name",
+        "otel.kind",
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.conversation.id",
+        "error.type",
+        "downshift.tenant",
+        "downshift.session",
+        "downshift.workflow",
+        "downshift.task",
+        "downshift.mode",
+        "downshift.tier",
+        "downshift.tier_name",
+        "downshift.endpoint",
+        "downshift.degraded",
+        "downshift.attempts",
+        "downshift.reason",
+        "downshift.outcome",
+        "downshift.would_be",
+    ];
+
+    /// The call span's callsite and metadata, declared as `info_span!` declares them (target
+    /// `downshift`, name `downshift.call`, level INFO), but built here so that a span is made
+    /// with the values it has at creation only: `info_span!` passes a value for each of the 23
+    /// fields, and a subscriber's visitor walks all of them, the 15 `Empty` ones included.
+    static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
+    static META: Metadata<'static> = Metadata::new(
+        "downshift.call",
+        "downshift",
+        Level::INFO,
+        Some(file!()),
+        Some(line!()),
+        Some(module_path!()),
+        FieldSet::new(NAMES, tracing_core::identify_callsite!(&CALLSITE)),
+        Kind::SPAN,
+    );
+
+    /// The call span's fields, looked up by name once per process (`Span::record` by name
+    /// scans the span's field names on every call). The span has one callsite, so these are
+    /// the same `Field`s for every call's span.
     pub(super) struct CallFields {
         set: &'static FieldSet,
+        otel_kind: Field,
+        operation: Field,
+        conversation: Field,
+        tenant: Field,
+        session: Field,
+        workflow: Field,
+        task: Field,
+        mode: Field,
         outcome: Field,
         tier: Field,
         tier_name: Field,
@@ -534,42 +590,49 @@ mod tracing_span {
         would_be: Field,
     }
 
-    static FIELDS: OnceLock<Option<CallFields>> = OnceLock::new();
+    static FIELDS: LazyLock<Option<CallFields>> = LazyLock::new(|| {
+        let set = META.fields();
+        let get = |name: &str| set.field(name);
+        Some(CallFields {
+            set,
+            otel_kind: get("otel.kind")?,
+            operation: get("gen_ai.operation.name")?,
+            conversation: get("gen_ai.conversation.id")?,
+            tenant: get("downshift.tenant")?,
+            session: get("downshift.session")?,
+            workflow: get("downshift.workflow")?,
+            task: get("downshift.task")?,
+            mode: get("downshift.mode")?,
+            outcome: get("downshift.outcome")?,
+            tier: get("downshift.tier")?,
+            tier_name: get("downshift.tier_name")?,
+            endpoint: get("downshift.endpoint")?,
+            degraded: get("downshift.degraded")?,
+            attempts: get("downshift.attempts")?,
+            input_tokens: get("gen_ai.usage.input_tokens")?,
+            output_tokens: get("gen_ai.usage.output_tokens")?,
+            error_type: get("error.type")?,
+            reason: get("downshift.reason")?,
+            response_model: get("gen_ai.response.model")?,
+            provider: get("gen_ai.provider.name")?,
+            request_model: get("gen_ai.request.model")?,
+            otel_name: get("otel.name")?,
+            would_be: get("downshift.would_be")?,
+        })
+    });
 
-    /// The call span's fields, when `span` is a call span (`None` for a disabled span or
-    /// another span). Only [`call_span`] looks them up (from a span it has just made, so never
-    /// from another callsite's span).
+    /// The call span's fields, when `span` is an enabled call span (`None` for a disabled span
+    /// or another span).
     pub(super) fn fields_of(span: &tracing::Span) -> Option<&'static CallFields> {
+        if span.is_disabled() {
+            return None;
+        }
         let meta = span.metadata()?;
-        let f = FIELDS.get()?.as_ref()?;
         // Only the call span's own callsite (the current span may be another one).
-        (f.outcome.callsite() == meta.callsite()).then_some(f)
-    }
-
-    /// Looks the call span's fields up in `meta`, the first time a call span is enabled.
-    fn init_fields(meta: &'static tracing::Metadata<'static>) {
-        FIELDS.get_or_init(|| {
-            let set = meta.fields();
-            let get = |name: &str| set.field(name);
-            Some(CallFields {
-                set,
-                outcome: get("downshift.outcome")?,
-                tier: get("downshift.tier")?,
-                tier_name: get("downshift.tier_name")?,
-                endpoint: get("downshift.endpoint")?,
-                degraded: get("downshift.degraded")?,
-                attempts: get("downshift.attempts")?,
-                input_tokens: get("gen_ai.usage.input_tokens")?,
-                output_tokens: get("gen_ai.usage.output_tokens")?,
-                error_type: get("error.type")?,
-                reason: get("downshift.reason")?,
-                response_model: get("gen_ai.response.model")?,
-                provider: get("gen_ai.provider.name")?,
-                request_model: get("gen_ai.request.model")?,
-                otel_name: get("otel.name")?,
-                would_be: get("downshift.would_be")?,
-            })
-        });
+        if !std::ptr::eq(meta, &META) {
+            return None;
+        }
+        FIELDS.as_ref()
     }
 
     impl CallFields {
@@ -709,44 +772,46 @@ mod tracing_span {
         }
     }
 
-    /// The span of one call. Field names follow the OpenTelemetry GenAI semantic conventions
-    /// where one applies (`gen_ai.*`, `error.type`); the rest are `downshift.*`. Never the
-    /// payload, the prompt or the output. What is known at the start is given at creation
-    /// (the session and workflow too: an absent one stays empty); the rest is recorded once
-    /// routed and once ended, one `record` call each.
-    pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
-        let session = call.session.as_ref().map(crate::id::SessionId::as_str);
-        let span = tracing::info_span!(
-            target: "downshift",
-            "downshift.call",
-            otel.name = Empty,
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = Empty,
-            gen_ai.request.model = Empty,
-            gen_ai.response.model = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            gen_ai.conversation.id = session,
-            error.type = Empty,
-            downshift.tenant = call.tenant.as_str(),
-            downshift.session = session,
-            downshift.workflow = call.workflow.as_ref().map(crate::id::WorkflowId::as_str),
-            downshift.task = call.task.as_str(),
-            downshift.mode = mode,
-            downshift.tier = Empty,
-            downshift.tier_name = Empty,
-            downshift.endpoint = Empty,
-            downshift.degraded = Empty,
-            downshift.attempts = Empty,
-            downshift.reason = Empty,
-            downshift.outcome = Empty,
-            downshift.would_be = Empty,
-        );
-        if let Some(meta) = span.metadata() {
-            init_fields(meta);
+    /// Whether call spans are enabled, as `info_span!` decides it: the level filters, then the
+    /// callsite's cached interest, asking the subscriber only when that is "sometimes".
+    fn enabled() -> bool {
+        use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+        if Level::INFO > STATIC_MAX_LEVEL || Level::INFO > LevelFilter::current() {
+            return false;
         }
-        span
+        let interest = CALLSITE.interest();
+        !interest.is_never()
+            && (interest.is_always() || tracing::dispatcher::get_default(|d| d.enabled(&META)))
+    }
+
+    fn opt<'a>(v: &'a Option<&str>) -> Option<&'a dyn Value> {
+        v.as_ref().map(|v| v as &dyn Value)
+    }
+
+    /// The span of one call (fields: [`NAMES`]). What is known at the start is given at
+    /// creation, and only that (an absent session or workflow is left out): the other fields
+    /// stay empty until recorded, once routed and once ended, one `record` call each.
+    pub(crate) fn call_span<P>(call: &Call<P>, mode: &'static str) -> tracing::Span {
+        // Disabled: `Span::none()`, as `info_span!` makes it (without `tracing`'s `log` feature).
+        let Some(f) = FIELDS.as_ref().filter(|_| enabled()) else {
+            return tracing::Span::none();
+        };
+        let session = call.session.as_ref().map(crate::id::SessionId::as_str);
+        let workflow = call.workflow.as_ref().map(crate::id::WorkflowId::as_str);
+        let (kind, operation) = ("client", "chat");
+        tracing::Span::new(
+            &META,
+            &f.set.value_set(&[
+                (&f.otel_kind, Some(&kind as &dyn Value)),
+                (&f.operation, Some(&operation as &dyn Value)),
+                (&f.conversation, opt(&session)),
+                (&f.tenant, Some(&call.tenant.as_str() as &dyn Value)),
+                (&f.session, opt(&session)),
+                (&f.workflow, opt(&workflow)),
+                (&f.task, Some(&call.task.as_str() as &dyn Value)),
+                (&f.mode, Some(&mode as &dyn Value)),
+            ]),
+        )
     }
 
     fn served(by: &super::super::ServedBy, degraded: bool) -> (u32, &str, &str, bool) {

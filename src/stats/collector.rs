@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 use parking_lot::{Mutex, RwLock};
 
 use super::histogram::{Histogram, Percentiles};
 use super::{
-    DegradationEvent, EndpointStats, Outcomes, RouteStats, Routes, StatsSnapshot, TenantStats,
-    WouldBe, WouldBeDecision,
+    DegradationEvent, EndpointStats, Outcomes, RouteStats, Routes, RoutesRepr, StatsSnapshot,
+    TenantStats, WouldBe, WouldBeDecision,
 };
 use crate::catalog::{Catalog, EndpointIdx};
 use crate::clock::Timestamp;
@@ -165,7 +165,9 @@ struct TenantCell {
     /// tenant at wherever the caller's id was allocated (which, as an atomic add, cannot
     /// overlap with the next one).
     id: OnceLock<TenantId>,
-    calls: AtomicU64,
+    // No `calls` counter: every call ends exactly one way, so the calls are the sum of
+    // `completed`, `calls_suspended`, `awaiting` and `rejected` (one atomic add fewer per call,
+    // and consistent with them by construction; see `TenantCell::calls`).
     completed: AtomicU64,
     degraded: AtomicU64,
     calls_suspended: AtomicU64,
@@ -202,16 +204,40 @@ enum RouteRef<'a> {
 }
 
 impl TenantCell {
+    /// The calls counted, read from the four ways a call ends (each read once): `(calls,
+    /// completed, calls_suspended, awaiting, rejected)`.
+    fn calls(&self) -> (u64, u64, u64, u64, u64) {
+        let completed = self.completed.load(R);
+        let suspended = self.calls_suspended.load(R);
+        let awaiting = self.awaiting.load(R);
+        let rejected = self.rejected.load(R);
+        (
+            completed + suspended + awaiting + rejected,
+            completed,
+            suspended,
+            awaiting,
+            rejected,
+        )
+    }
+
     fn route<'a>(&'a self, a: &AttemptRecord<'_>, names: &Interner) -> RouteRef<'a> {
         let first = &self.first;
         let key = route_key(a.tier, a.endpoint);
-        match first.key.compare_exchange(UNSET, key, R, R) {
-            Ok(_) => {
-                let _ = first.tier_name.set(names.intern(a.tier_name));
-                return RouteRef::Inline(first);
+        // A plain load first: the inline route is nearly always claimed already, and a failing
+        // compare-exchange is still a locked instruction.
+        let k = first.key.load(R);
+        if k == key {
+            return RouteRef::Inline(first);
+        }
+        if k == UNSET {
+            match first.key.compare_exchange(UNSET, key, R, R) {
+                Ok(_) => {
+                    let _ = first.tier_name.set(names.intern(a.tier_name));
+                    return RouteRef::Inline(first);
+                }
+                Err(k) if k == key => return RouteRef::Inline(first),
+                Err(_) => {}
             }
-            Err(k) if k == key => return RouteRef::Inline(first),
-            Err(_) => {}
         }
         if self.has_more.load(R) {
             if let Some(r) = self.more.load().iter().find(|r| r.is(a)) {
@@ -320,8 +346,9 @@ const MAX_CHUNK: usize = 128;
 /// per tenant. Cells are only ever added.
 #[derive(Debug, Default)]
 struct ShardData {
-    /// A tenant's (chunk, cell) position.
-    index: HashMap<TenantId, (u32, u32)>,
+    /// A tenant's (chunk, cell) position, by the tenant's hash: the one hash a look-up
+    /// computes also picks the shard (see [`Collector::hash`]).
+    index: HashTable<(TenantId, u32, u32)>,
     chunks: Vec<Arc<[TenantCell]>>,
     /// Cells claimed in the last chunk.
     last_len: usize,
@@ -332,6 +359,13 @@ impl ShardData {
         self.chunks.get(chunk as usize)?.get(at as usize)
     }
 
+    /// A tenant's position, by its hash.
+    fn find(&self, hash: u64, tenant: &str) -> Option<(u32, u32)> {
+        self.index
+            .find(hash, |(t, _, _)| t.as_str() == tenant)
+            .map(|&(_, chunk, at)| (chunk, at))
+    }
+
     /// The size of the next chunk.
     fn next_chunk(&self) -> usize {
         self.chunks
@@ -340,7 +374,12 @@ impl ShardData {
     }
 
     /// Claims a free cell for `tenant`, if the last chunk has one.
-    fn claim(&mut self, tenant: &TenantId) -> Option<(u32, u32)> {
+    fn claim(
+        &mut self,
+        hash: u64,
+        tenant: &TenantId,
+        hasher: &DefaultHashBuilder,
+    ) -> Option<(u32, u32)> {
         let chunk = self.chunks.len().checked_sub(1)?;
         let cell = self.chunks.last()?.get(self.last_len)?;
         let _ = cell.key.set(tenant.clone());
@@ -349,7 +388,10 @@ impl ShardData {
             u32::try_from(self.last_len).ok()?,
         );
         self.last_len += 1;
-        self.index.insert(tenant.clone(), pos);
+        self.index
+            .insert_unique(hash, (tenant.clone(), pos.0, pos.1), |(t, _, _)| {
+                hasher.hash_one(t.as_str())
+            });
         Some(pos)
     }
 
@@ -405,19 +447,26 @@ impl Collector {
         self.enabled.store(on, R);
     }
 
-    fn shard_index(&self, tenant: &TenantId) -> usize {
-        (self.hasher.hash_one(tenant.as_str()) as usize) % SHARDS
+    /// A tenant's hash: its bits 32 to 37 pick the shard, and the shard's table uses the same
+    /// hash (its low bits pick a bucket and its top seven bits tag it, so within a shard the
+    /// shard's bits are never the only ones that differ).
+    fn hash(&self, tenant: &str) -> u64 {
+        self.hasher.hash_one(tenant)
+    }
+
+    fn shard(&self, hash: u64) -> Option<&Shard> {
+        self.shards.get(((hash >> 32) as usize) % SHARDS)
     }
 
     /// The tenant's cell, created on first sight: its chunk and place in it.
-    fn tenant(&self, tenant: &TenantId) -> Option<(Arc<[TenantCell]>, usize)> {
-        let shard = self.shards.get(self.shard_index(tenant))?;
+    fn tenant(&self, hash: u64, tenant: &TenantId) -> Option<(Arc<[TenantCell]>, usize)> {
+        let shard = self.shard(hash)?;
         loop {
             let wanted = {
                 let mut s = shard.write();
-                let found = match s.index.get(tenant.as_str()) {
-                    Some(&pos) => Some(pos),
-                    None => s.claim(tenant),
+                let found = match s.find(hash, tenant.as_str()) {
+                    Some(pos) => Some(pos),
+                    None => s.claim(hash, tenant, &self.hasher),
                 };
                 if let Some((chunk, at)) = found {
                     let c = s.chunks.get(chunk as usize)?;
@@ -440,14 +489,15 @@ impl Collector {
     /// Runs `f` on the tenant's cell (under the shard's read lock when it exists).
     #[inline]
     fn with_tenant(&self, tenant: &TenantId, f: impl FnOnce(&TenantCell)) {
-        if let Some(shard) = self.shards.get(self.shard_index(tenant)) {
+        let hash = self.hash(tenant.as_str());
+        if let Some(shard) = self.shard(hash) {
             let s = shard.read();
-            if let Some(c) = s.index.get(tenant.as_str()).and_then(|&pos| s.cell(pos)) {
+            if let Some(c) = s.find(hash, tenant.as_str()).and_then(|pos| s.cell(pos)) {
                 f(c);
                 return;
             }
         }
-        if let Some((chunk, at)) = self.tenant(tenant) {
+        if let Some((chunk, at)) = self.tenant(hash, tenant) {
             if let Some(c) = chunk.get(at) {
                 f(c);
             }
@@ -497,7 +547,6 @@ impl Collector {
         }
         let mut episode_work = false;
         self.with_tenant(tenant, |t| {
-            t.calls.fetch_add(1, R);
             if let Some(ms) = c.latency_ms {
                 t.latency.record(ms);
             }
@@ -528,13 +577,19 @@ impl Collector {
             };
             match degraded_now {
                 Some(true) => {
-                    let _ = t.degraded_since.compare_exchange(0, now + 1, R, R);
+                    if t.degraded_since.load(R) == 0 {
+                        let _ = t.degraded_since.compare_exchange(0, now + 1, R, R);
+                    }
                     episode_work = true;
                 }
                 Some(false) => {
-                    let since = t.degraded_since.swap(0, R);
-                    if since > 0 {
-                        t.degraded_ms.fetch_add(now.saturating_sub(since - 1), R);
+                    // Read before swapping: a tenant served at its top tier is rarely in a
+                    // degraded stretch, and the load spares a locked instruction per call.
+                    if t.degraded_since.load(R) > 0 {
+                        let since = t.degraded_since.swap(0, R);
+                        if since > 0 {
+                            t.degraded_ms.fetch_add(now.saturating_sub(since - 1), R);
+                        }
                     }
                     episode_work = t.open_episodes.load(R) > 0;
                 }
@@ -905,11 +960,9 @@ fn fill_tenant(
         // The common case, one route: kept inline in the tenant's entry, updated in place when
         // the entry already holds one.
         match &mut out.routes {
-            Routes {
-                one: Some(r),
-                all: None,
-                ..
-            } => fill_route(r, &t.first, catalog, per_endpoint, &mut outcome_sum),
+            Routes(RoutesRepr::One(r)) => {
+                fill_route(r, &t.first, catalog, per_endpoint, &mut outcome_sum);
+            }
             other => {
                 *other = Routes::one(route_stats(
                     &t.first,
@@ -940,11 +993,15 @@ fn fill_tenant(
         };
     }
     let (mut input, mut output, mut cost, mut primary) = (0u64, 0u64, 0.0f64, 0.0f64);
-    let mine: &[RouteStats] = match &out.routes {
-        Routes { one: Some(r), .. } => std::slice::from_ref(r),
-        Routes { start, len, .. } => routes
-            .get(*start..start.saturating_add(*len))
-            .unwrap_or_default(),
+    let mine: &[RouteStats] = match &out.routes.0 {
+        RoutesRepr::None => &[],
+        RoutesRepr::One(r) => std::slice::from_ref(r),
+        RoutesRepr::Shared { start, len, .. } => {
+            let (start, len) = (*start as usize, *len as usize);
+            routes
+                .get(start..start.saturating_add(len))
+                .unwrap_or_default()
+        }
     };
     for r in mine {
         input += r.input_tokens;
@@ -966,17 +1023,18 @@ fn fill_tenant(
         t.would_approval.load(R),
         t.would_rejected.load(R),
     ];
-    out.calls = t.calls.load(R);
-    out.completed = t.completed.load(R);
+    let (calls, completed, calls_suspended, awaiting, rejected) = t.calls();
+    out.calls = calls;
+    out.completed = completed;
     out.degraded = t.degraded.load(R);
-    out.calls_suspended = t.calls_suspended.load(R);
+    out.calls_suspended = calls_suspended;
     out.suspensions = suspensions;
     out.resumes = resumes;
     out.suspended_sessions = suspensions.saturating_sub(resumes);
-    out.awaiting_approval = t.awaiting.load(R);
+    out.awaiting_approval = awaiting;
     out.approvals_granted = t.granted.load(R);
     out.approvals_denied = t.denied.load(R);
-    out.rejected = t.rejected.load(R);
+    out.rejected = rejected;
     out.deadline_misses = t.deadline_misses.load(R);
     out.outcomes = Outcomes::from_counts(outcome_sum);
     out.latency = t.latency.percentiles();
@@ -1175,9 +1233,9 @@ mod tests {
                 .map(|s| {
                     let s = s.read();
                     s.index
-                        .values()
-                        .filter_map(|&pos| s.cell(pos))
-                        .map(|t| t.calls.load(R))
+                        .iter()
+                        .filter_map(|&(_, chunk, at)| s.cell((chunk, at)))
+                        .map(|t| t.calls().0)
                         .sum::<u64>()
                 })
                 .sum::<u64>()

@@ -247,65 +247,69 @@ pub struct TenantStats {
 /// kept inline, and the routes of tenants with several are a slice of one array shared by
 /// every tenant of a snapshot, so a snapshot of 100,000 tenants makes no allocation per tenant
 /// for their routes. Serialized as a plain JSON array.
+///
+/// One enum, no larger than the route it holds inline: a snapshot's output is one
+/// `TenantStats` per tenant, so every byte here is 100 KB per 100,000 tenants to fault in.
 #[derive(Clone, Default)]
-pub struct Routes {
-    /// The tenant's only route (then `all` is unused).
-    one: Option<RouteStats>,
-    /// Set once the snapshot's array is complete (each tenant gets its `Routes` as it is read,
-    /// so a snapshot makes one pass over its tenants).
-    all: Option<Arc<OnceLock<Vec<RouteStats>>>>,
-    start: usize,
-    len: usize,
+pub struct Routes(pub(crate) RoutesRepr);
+
+// The route is inline on purpose: boxing it would be an allocation per tenant per snapshot.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Default)]
+pub(crate) enum RoutesRepr {
+    /// No route.
+    #[default]
+    None,
+    /// The tenant's only route.
+    One(RouteStats),
+    /// `len` routes from `start` in `all`, set once the snapshot's array is complete (each
+    /// tenant gets its `Routes` as it is read, so a snapshot makes one pass over its tenants).
+    Shared {
+        all: Arc<OnceLock<Vec<RouteStats>>>,
+        start: u32,
+        len: u32,
+    },
 }
 
 impl Routes {
     /// A single route.
     pub(crate) fn one(r: RouteStats) -> Self {
-        Routes {
-            one: Some(r),
-            ..Routes::default()
-        }
+        Routes(RoutesRepr::One(r))
     }
 
     /// A tenant's `len` routes starting at `start` in `all` (an empty list until `all` is set,
     /// or when out of range).
     pub(crate) fn pending(all: &Arc<OnceLock<Vec<RouteStats>>>, start: usize, len: usize) -> Self {
-        Routes {
-            one: None,
-            all: Some(Arc::clone(all)),
-            start,
-            len,
-        }
+        Routes(RoutesRepr::Shared {
+            all: Arc::clone(all),
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(0),
+        })
     }
 }
 
 impl std::ops::Deref for Routes {
     type Target = [RouteStats];
     fn deref(&self) -> &[RouteStats] {
-        if let Some(r) = &self.one {
-            return std::slice::from_ref(r);
+        match &self.0 {
+            RoutesRepr::None => &[],
+            RoutesRepr::One(r) => std::slice::from_ref(r),
+            RoutesRepr::Shared { all, start, len } => {
+                let (start, len) = (*start as usize, *len as usize);
+                all.get()
+                    .and_then(|a| a.get(start..start.saturating_add(len)))
+                    .unwrap_or_default()
+            }
         }
-        self.all
-            .as_deref()
-            .and_then(OnceLock::get)
-            .and_then(|a| a.get(self.start..self.start.saturating_add(self.len)))
-            .unwrap_or_default()
     }
 }
 
 impl From<Vec<RouteStats>> for Routes {
     fn from(mut v: Vec<RouteStats>) -> Self {
-        if v.len() == 1 {
-            if let Some(r) = v.pop() {
-                return Routes::one(r);
-            }
-        }
-        let len = v.len();
-        Routes {
-            one: None,
-            all: Some(Arc::new(OnceLock::from(v))),
-            start: 0,
-            len,
+        match v.len() {
+            0 => Routes::default(),
+            1 => v.pop().map(Routes::one).unwrap_or_default(),
+            len => Routes::pending(&Arc::new(OnceLock::from(v)), 0, len),
         }
     }
 }
